@@ -1,0 +1,1 @@
+"""Expert cards: registry, knowledge generation, logit fusion and training (later issues)."""

@@ -1,0 +1,1 @@
+"""Ingest, chunking, sparse and dense indexes, and their crash-safe persistence."""

@@ -1,0 +1,123 @@
+"""Per-segment chunk and document tables in SQLite, written once and then opened read-only.
+
+SQLite keeps chunk text and metadata off the heap (a million chunks stay on disk until a hit needs
+them) and evaluates metadata filters with json_extract, so filters need no bespoke index.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexes.documents import Chunk
+
+FILE_NAME = "chunks.sqlite"
+_SCHEMA = """
+CREATE TABLE chunks (row INTEGER PRIMARY KEY, doc_id TEXT NOT NULL, chunk_index INTEGER NOT NULL,
+                     title TEXT NOT NULL, text TEXT NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL,
+                     metadata TEXT NOT NULL);
+CREATE TABLE docs (doc_id TEXT PRIMARY KEY, hash TEXT NOT NULL, first_row INTEGER NOT NULL,
+                   rows INTEGER NOT NULL);
+"""
+Filter = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DocumentEntry:
+    doc_id: str
+    hash: str
+    first_row: int
+    rows: int
+
+
+def write_chunk_store(folder: Path, docs: Iterable[tuple[str, str, list[Chunk]]]) -> None:
+    """docs: (doc_id, content hash, chunks) in row order."""
+    connection = sqlite3.connect(folder / FILE_NAME)
+    try:
+        connection.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + _SCHEMA)
+        row = 0
+        for doc_id, content_hash, chunks in docs:
+            connection.execute("INSERT INTO docs VALUES (?, ?, ?, ?)", (doc_id, content_hash, row, len(chunks)))
+            connection.executemany(
+                "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(row + i, c.doc_id, c.chunk_index, c.title, c.text, c.start, c.end,
+                  json.dumps(c.metadata, ensure_ascii=False, sort_keys=True)) for i, c in enumerate(chunks)])
+            row += len(chunks)
+        connection.commit()
+    finally:
+        connection.close()
+
+
+class ChunkStore:
+    """Read-only view of one segment's tables; safe to share between threads."""
+
+    def __init__(self, folder: Path) -> None:
+        # Opened now and kept: the open descriptor keeps the file readable even after a newer
+        # generation's garbage collection unlinks this segment.
+        uri = f"file:{(folder / FILE_NAME).as_posix()}?mode=ro&immutable=1"
+        self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        self._lock = threading.Lock()
+
+    def _execute(self, query: str, params=()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(query, params).fetchall()
+
+    def documents(self) -> list[DocumentEntry]:
+        rows = self._execute("SELECT doc_id, hash, first_row, rows FROM docs ORDER BY first_row")
+        return [DocumentEntry(*row) for row in rows]
+
+    def chunks(self, rows: list[int]) -> dict[int, Chunk]:
+        if not rows:
+            return {}
+        found: dict[int, Chunk] = {}
+        for start in range(0, len(rows), 900):
+            part = rows[start:start + 900]
+            query = ("SELECT row, doc_id, chunk_index, text, start, end, title, metadata FROM chunks "
+                     f"WHERE row IN ({','.join('?' * len(part))})")
+            for row, doc_id, index, text, begin, end, title, metadata in self._execute(query, part):
+                found[row] = Chunk(doc_id, index, text, begin, end, title, json.loads(metadata))
+        return found
+
+    def all_chunks(self) -> list[Chunk]:
+        query = "SELECT doc_id, chunk_index, text, start, end, title, metadata FROM chunks ORDER BY row"
+        return [Chunk(d, i, t, s, e, ti, json.loads(m)) for d, i, t, s, e, ti, m in self._execute(query)]
+
+    def matching_rows(self, where: Filter, rows: int) -> np.ndarray:
+        """A uint8 mask of rows whose metadata matches every condition (equality or `in`)."""
+        clauses, params = compile_filter(where)
+        mask = np.zeros(rows, dtype=np.uint8)
+        matched = [r for (r,) in self._execute(f"SELECT row FROM chunks WHERE {clauses}", params)]
+        mask[np.asarray(matched, dtype=np.int64)] = 1
+        return mask
+
+
+_SCALARS = (str, int, float, bool)
+_COLUMNS = {"doc_id": "doc_id", "title": "title"}
+
+
+def compile_filter(where: Filter) -> tuple[str, list[Any]]:
+    """Translate `{"key": value, "other": {"in": [..]}}` to SQL; keys are metadata fields."""
+    if not isinstance(where, dict) or not where:
+        raise ValueError("a filter must be a non-empty object of field -> value or {'in': [values]}")
+    clauses, params = [], []
+    for key, condition in where.items():
+        if not isinstance(key, str) or not key or '"' in key:
+            raise ValueError(f"invalid filter field {key!r}")
+        column = _COLUMNS.get(key, f"json_extract(metadata, '$.\"{key}\"')")
+        if isinstance(condition, dict):
+            if set(condition) != {"in"} or not isinstance(condition["in"], list) or not condition["in"]:
+                raise ValueError(f"filter on {key!r}: only {{'in': [non-empty list]}} is supported")
+            values = condition["in"]
+        else:
+            values = [condition]
+        if not all(isinstance(v, _SCALARS) for v in values):
+            raise ValueError(f"filter on {key!r}: values must be strings, numbers or booleans")
+        clauses.append(f"{column} IN ({','.join('?' * len(values))})")
+        params.extend(int(v) if isinstance(v, bool) else v for v in values)
+    return " AND ".join(clauses), params

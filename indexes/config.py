@@ -1,0 +1,104 @@
+"""Typed settings: where state lives, and how each collection chunks, embeds and scores.
+
+A collection's settings are frozen into its `collection.json` when it is created, so an index is
+always queried with the analyzer and embedder it was built with.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class MightySettings(BaseSettings):
+    """Process-wide settings, read from `MIGHTY_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="MIGHTY_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".mighty")
+
+
+class ChunkingConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    size: int = Field(200, ge=16, le=8192, description="chunk length in embedder tokens")
+    overlap: int = Field(32, ge=0, description="tokens shared by consecutive chunks")
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> "ChunkingConfig":
+        if self.overlap >= self.size:
+            raise ValueError(f"chunk overlap ({self.overlap}) must be smaller than size ({self.size})")
+        return self
+
+
+class BM25Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    k1: float = Field(1.2, ge=0)
+    b: float = Field(0.75, ge=0, le=1)
+    # "lucene": log(1 + (N - df + .5) / (df + .5)), never negative, the default.
+    # "robertson": rank-bm25's BM25Okapi, negative idf floored at epsilon * mean idf.
+    idf: Literal["lucene", "robertson"] = "lucene"
+    epsilon: float = Field(0.25, ge=0)
+    stopwords: Literal["en", "none"] = "en"
+    stemmer: Literal["english", "none"] = "english"
+    title_weight: int = Field(1, ge=0, le=5, description="times a document's title is indexed per chunk")
+
+
+class EmbedderConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = DEFAULT_EMBEDDER
+    backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    batch_size: int = Field(64, ge=1, le=4096)
+    max_seq_length: int = Field(256, ge=8, le=8192)
+    include_title: bool = True
+
+
+class DenseConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hnsw_threshold: int = Field(50_000, ge=0, description="segments with more rows get an HNSW graph")
+    hnsw_m: int = Field(32, ge=4, le=128)
+    ef_construction: int = Field(128, ge=8)
+    ef_search: int = Field(128, ge=8)
+
+
+class FusionConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Literal["convex", "rrf"] = "convex"
+    dense_weight: float = Field(0.6, ge=0, le=1, description="convex weight of the dense retriever")
+    adaptive: bool = True
+    rrf_k: int = Field(60, ge=1)
+    candidates: int = Field(100, ge=1, le=10_000, description="hits taken from each retriever")
+
+
+class CollectionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    chunking: ChunkingConfig = ChunkingConfig()
+    bm25: BM25Config = BM25Config()
+    embedder: EmbedderConfig = EmbedderConfig()
+    dense: DenseConfig = DenseConfig()
+    fusion: FusionConfig = FusionConfig()
+    max_document_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    max_segments: int = Field(8, ge=1, description="merge all segments when a commit leaves more")
+    keep_generations: int = Field(3, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        if not COLLECTION_NAME.match(name):
+            raise ValueError(
+                f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
+                "starting with a letter or digit"
+            )
+        return name

@@ -1,0 +1,50 @@
+"""The records that flow through ingest: source documents, their chunks, and rejections."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SourceDocument:
+    """One document as read from a file or a JSONL line, before chunking."""
+
+    id: str
+    text: str
+    title: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def content_hash(self) -> str:
+        """Hash of everything that ends up in the index, so unchanged documents can be skipped."""
+        payload = json.dumps([self.title, self.text, self.metadata], sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A span of a document: `text == document.text[start:end]`, so answers can cite it exactly."""
+
+    doc_id: str
+    chunk_index: int
+    text: str
+    start: int
+    end: int
+    title: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Input that could not be ingested; `line` is 1-based when the problem is inside a file."""
+
+    source: str
+    reason: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line is not None else self.source
+        return f"{where}: {self.reason}"

@@ -1,0 +1,43 @@
+"""Merging segments: live rows of many segments become one, without re-embedding anything.
+
+Postings are re-keyed onto a merged vocabulary with scipy and vectors are copied, so a merge costs
+I/O and (for large segments) an HNSW build, never a model forward pass.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from indexes.config import DenseConfig
+from indexes.segment import PendingDocument, Segment, write_segment
+from indexes.sparse import SparseSegment
+
+
+def merge_segments(segments_dir: Path, segment_id: str, segments: list[Segment],
+                   live: list[np.ndarray | None], dense_config: DenseConfig) -> Path:
+    vocab: dict[str, int] = {}
+    matrices, lengths, vectors, documents = [], [], [], []
+    for segment, mask in zip(segments, live):
+        alive = np.ones(segment.rows, dtype=bool) if mask is None else mask.astype(bool)
+        chunks = segment.store.all_chunks()
+        for entry in segment.documents():
+            if alive[entry.first_row]:
+                rows = chunks[entry.first_row:entry.first_row + entry.rows]
+                documents.append(PendingDocument(entry.doc_id, entry.hash, rows, []))
+        columns = np.asarray([vocab.setdefault(t, len(vocab)) for t in segment.sparse.vocab], dtype=np.int64)
+        matrix = segment.sparse.to_matrix().tocsr()[alive].tocoo()
+        matrices.append((matrix.row, columns[matrix.col], matrix.data, matrix.shape[0]))
+        lengths.append(segment.sparse.doc_len[alive])
+        vectors.append(segment.dense.vectors[alive])
+    offset, rows, cols, data = 0, [], [], []
+    for row, col, values, height in matrices:
+        rows.append(row + offset)
+        cols.append(col)
+        data.append(values)
+        offset += height
+    merged = sp.coo_matrix((np.concatenate(data), (np.concatenate(rows), np.concatenate(cols))),
+                           shape=(offset, len(vocab))).tocsc()
+    sparse = SparseSegment.from_matrix(list(vocab), merged, np.concatenate(lengths))
+    return write_segment(segments_dir, segment_id, documents, sparse, np.concatenate(vectors), dense_config)

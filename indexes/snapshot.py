@@ -1,0 +1,119 @@
+"""The read side: one committed generation, searched by many threads without locks.
+
+A snapshot never changes after it is loaded; a newer generation becomes a new snapshot, and
+searches already under way finish on the one they started with.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from indexes.analyzer import Analyzer
+from indexes.chunk_store import Filter
+from indexes.config import BM25Config
+from indexes.documents import Chunk
+from indexes.generations import Manifest
+from indexes.segment import Segment
+from indexes.sparse import CollectionStats, gather_stats, query_weights
+
+_FILTER_CACHE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class ScoredRow:
+    segment: int  # position in the snapshot's segment list
+    row: int
+    score: float
+
+
+class Snapshot:
+    def __init__(self, folder: Path, manifest: Manifest, segments: list[Segment],
+                 deletes: dict[str, np.ndarray]) -> None:
+        self.folder, self.manifest, self.segments = folder, manifest, segments
+        self.live: list[np.ndarray | None] = []
+        for segment in segments:
+            rows = deletes.get(segment.id)
+            if rows is None or len(rows) == 0:
+                self.live.append(None)
+            else:
+                mask = np.ones(segment.rows, dtype=np.uint8)
+                mask[rows] = 0
+                self.live.append(mask)
+        self._stats: dict[str, CollectionStats] = {}
+        self._filters: OrderedDict[str, list[np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def generation(self) -> int:
+        return self.manifest.generation
+
+    def bm25_stats(self, config: BM25Config) -> CollectionStats:
+        key = config.idf
+        with self._lock:
+            if key not in self._stats:
+                self._stats[key] = gather_stats(config, [(s.sparse, m) for s, m in zip(self.segments, self.live)])
+            return self._stats[key]
+
+    def masks(self, where: Filter | None) -> list[np.ndarray | None]:
+        """Per segment: None (every row allowed) or a uint8 mask of live rows matching `where`."""
+        if not where:
+            return self.live
+        key = json.dumps(where, sort_keys=True)
+        with self._lock:
+            cached = self._filters.get(key)
+            if cached is not None:
+                self._filters.move_to_end(key)
+                return cached
+        masks = []
+        for segment, live in zip(self.segments, self.live):
+            mask = segment.store.matching_rows(where, segment.rows)
+            masks.append(mask if live is None else mask & live)
+        with self._lock:
+            self._filters[key] = masks
+            while len(self._filters) > _FILTER_CACHE_SIZE:
+                self._filters.popitem(last=False)
+        return masks
+
+    def bm25(self, analyzer: Analyzer, config: BM25Config, query: str, k: int,
+             where: Filter | None = None) -> list[ScoredRow]:
+        terms = analyzer.terms(query)
+        if not terms or not self.segments:
+            return []
+        stats = self.bm25_stats(config)
+        unique = list(dict.fromkeys(terms))
+        df = np.zeros(len(unique), dtype=np.int64)
+        for segment, live in zip(self.segments, self.live):
+            df += segment.sparse.document_frequencies(unique, live)
+        unique, weights = query_weights(config, stats, terms, df)
+        hits: list[ScoredRow] = []
+        for position, (segment, mask) in enumerate(zip(self.segments, self.masks(where))):
+            rows, scores = segment.sparse.top_k(unique, weights, k, config.k1, config.b, stats.avgdl, mask)
+            hits.extend(ScoredRow(position, int(r), float(s)) for r, s in zip(rows, scores))
+        return _best(hits, k)
+
+    def dense(self, vector: np.ndarray, k: int, ef_search: int, where: Filter | None = None) -> list[ScoredRow]:
+        hits: list[ScoredRow] = []
+        for position, (segment, mask) in enumerate(zip(self.segments, self.masks(where))):
+            rows, scores = segment.dense.top_k(vector, k, mask, ef_search)
+            hits.extend(ScoredRow(position, int(r), float(s)) for r, s in zip(rows, scores))
+        return _best(hits, k)
+
+    def chunks(self, hits: list[ScoredRow]) -> list[Chunk]:
+        by_segment: dict[int, list[int]] = {}
+        for hit in hits:
+            by_segment.setdefault(hit.segment, []).append(hit.row)
+        found = {pos: self.segments[pos].store.chunks(rows) for pos, rows in by_segment.items()}
+        return [found[h.segment][h.row] for h in hits]
+
+    def size_on_disk(self) -> int:
+        return sum(p.stat().st_size for s in self.segments for p in s.folder.iterdir() if p.is_file())
+
+
+def _best(hits: list[ScoredRow], k: int) -> list[ScoredRow]:
+    hits.sort(key=lambda h: -h.score)
+    return hits[:k]

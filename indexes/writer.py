@@ -1,0 +1,209 @@
+"""The single writer of a collection: upsert by content hash, delete, flush segments, commit.
+
+One writer at a time holds an exclusive file lock; readers are never blocked. Nothing the writer
+does is visible until `commit` publishes a generation, and a failed or killed writer leaves the
+last committed generation untouched.
+"""
+from __future__ import annotations
+
+import fcntl
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from indexes.chunk_store import DocumentEntry
+from indexes.documents import SourceDocument
+from indexes.generations import Manifest, SegmentRef, collect_garbage, commit_generation, next_generation_number
+from indexes.merge import merge_segments
+from indexes.segment import PendingDocument, Segment, write_segment
+from indexes.sparse import SparseSegment
+
+if TYPE_CHECKING:
+    from indexes.collection import Collection
+
+FLUSH_CHUNKS = 50_000
+
+
+class ProgressSink(Protocol):
+    def start(self, stage: str, total: int | None) -> None: ...
+    def advance(self, amount: int) -> None: ...
+
+
+class NoProgress:
+    def start(self, stage: str, total: int | None) -> None:
+        pass
+
+    def advance(self, amount: int) -> None:
+        pass
+
+
+class WriterBusy(RuntimeError):
+    pass
+
+
+@dataclass
+class WriteReport:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    not_found: list[str] = field(default_factory=list)
+    chunks_written: int = 0
+    generation: int | None = None
+
+
+class CollectionWriter:
+    def __init__(self, collection: "Collection", progress: ProgressSink | None = None, wait: bool = True) -> None:
+        self._collection = collection
+        self._progress = progress or NoProgress()
+        self._lock_file = open(collection.folder / "write.lock", "w")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError as exc:
+            self._lock_file.close()
+            raise WriterBusy(f"collection {collection.name!r} is being written by another process; "
+                             "retry when it finishes") from exc
+        collect_garbage(collection.folder, collection.config.keep_generations)
+        self._base = collection.load_snapshot()
+        self._segments: list[Segment] = list(self._base.segments)
+        self._deleted: dict[str, set[int]] = {
+            s.id: set(np.flatnonzero(m == 0).tolist()) if m is not None else set()
+            for s, m in zip(self._base.segments, self._base.live)}
+        self._docs: dict[str, tuple[str, DocumentEntry]] = {}
+        for segment, live in zip(self._base.segments, self._base.live):
+            for entry in segment.documents():
+                if live is None or live[entry.first_row]:
+                    self._docs[entry.doc_id] = (segment.id, entry)
+        self._pending: OrderedDict[str, PendingDocument] = OrderedDict()
+        self._pending_chunks = 0
+        self._changed = False
+        self.report = WriteReport()
+
+    # -- document operations ---------------------------------------------------------------
+    def upsert(self, document: SourceDocument) -> str:
+        """Add or replace one document; returns 'added', 'updated' or 'unchanged'."""
+        content_hash = document.content_hash
+        pending = self._pending.get(document.id)
+        stored = self._docs.get(document.id)
+        if pending is not None and pending.content_hash == content_hash or (
+                pending is None and stored is not None and stored[1].hash == content_hash):
+            self.report.unchanged += 1
+            return "unchanged"
+        chunks = self._collection.chunker.split(document)
+        analyzer, weight = self._collection.analyzer, self._collection.config.bm25.title_weight
+        title_terms = analyzer.terms(document.title) * weight if document.title else []
+        terms = [title_terms + analyzer.terms(c.text) for c in chunks]
+        if pending is not None:
+            self._pending_chunks -= len(pending.chunks)
+            del self._pending[document.id]
+        self._pending[document.id] = PendingDocument(document.id, content_hash, chunks, terms)
+        self._pending_chunks += len(chunks)
+        self._changed = True
+        outcome = "updated" if stored is not None or pending is not None else "added"
+        setattr(self.report, outcome, getattr(self.report, outcome) + 1)
+        if self._pending_chunks >= FLUSH_CHUNKS:
+            self.flush()
+        return outcome
+
+    def delete(self, doc_id: str) -> bool:
+        found = False
+        if doc_id in self._pending:
+            self._pending_chunks -= len(self._pending.pop(doc_id).chunks)
+            found = True
+        if doc_id in self._docs:
+            self._tombstone(doc_id)
+            found = True
+        if found:
+            self.report.deleted += 1
+            self._changed = True
+        else:
+            self.report.not_found.append(doc_id)
+        return found
+
+    def _tombstone(self, doc_id: str) -> None:
+        segment_id, entry = self._docs.pop(doc_id)
+        self._deleted.setdefault(segment_id, set()).update(range(entry.first_row, entry.first_row + entry.rows))
+
+    # -- persistence -----------------------------------------------------------------------
+    def flush(self) -> None:
+        """Embed pending documents and write them as a new (not yet committed) segment."""
+        if not self._pending:
+            return
+        documents = list(self._pending.values())
+        for doc in documents:
+            if doc.doc_id in self._docs:
+                self._tombstone(doc.doc_id)
+        chunks = [c for d in documents for c in d.chunks]
+        include_title = self._collection.config.embedder.include_title
+        texts = [f"{c.title}\n{c.text}" if include_title and c.title else c.text for c in chunks]
+        self._progress.start("embedding", len(texts))
+        vectors = self._collection.embedder.encode(texts, progress=self._progress.advance)
+        self._progress.start("writing segment", None)
+        sparse = SparseSegment.build([t for d in documents for t in d.terms])
+        segment_id = self._new_segment_id()
+        folder = write_segment(self._collection.folder / "segments", segment_id, documents, sparse, vectors,
+                               self._collection.config.dense)
+        segment = Segment.load(folder)
+        self._segments.append(segment)
+        self._deleted[segment.id] = set()
+        for entry in segment.documents():
+            self._docs[entry.doc_id] = (segment.id, entry)
+        self.report.chunks_written += len(chunks)
+        self._pending.clear()
+        self._pending_chunks = 0
+
+    def commit(self) -> Manifest | None:
+        """Publish everything written so far as a new generation; None when nothing changed."""
+        self.flush()
+        if not self._changed:
+            return None
+        segments = [s for s in self._segments if len(self._deleted.get(s.id, ())) < s.rows]
+        if len(segments) > self._collection.config.max_segments:
+            segments = [self._merge(segments)]
+        refs = [SegmentRef(s.id, s.rows, len(self._deleted.get(s.id, ()))) for s in segments]
+        deletes = {s.id: np.fromiter(sorted(self._deleted.get(s.id, ())), dtype=np.int64) for s in segments}
+        folder = self._collection.folder
+        manifest = Manifest(next_generation_number(folder), refs, documents=len(self._docs),
+                            chunks=sum(r.rows - r.deleted for r in refs))
+        commit_generation(folder, manifest, deletes)
+        collect_garbage(folder, self._collection.config.keep_generations)
+        self._segments = segments
+        self._changed = False
+        self.report.generation = manifest.generation
+        return manifest
+
+    def _merge(self, segments: list[Segment]) -> Segment:
+        self._progress.start(f"merging {len(segments)} segments", None)
+        live = []
+        for segment in segments:
+            deleted = self._deleted.get(segment.id, set())
+            mask = None
+            if deleted:
+                mask = np.ones(segment.rows, dtype=np.uint8)
+                mask[np.fromiter(deleted, dtype=np.int64)] = 0
+            live.append(mask)
+        folder = merge_segments(self._collection.folder / "segments", self._new_segment_id(), segments, live,
+                                self._collection.config.dense)
+        merged = Segment.load(folder)
+        self._deleted[merged.id] = set()
+        for entry in merged.documents():
+            self._docs[entry.doc_id] = (merged.id, entry)
+        return merged
+
+    def _new_segment_id(self) -> str:
+        return f"seg-{next_generation_number(self._collection.folder):08d}-{uuid.uuid4().hex[:8]}"
+
+    def close(self) -> None:
+        if not self._lock_file.closed:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+
+    def __enter__(self) -> "CollectionWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+

@@ -1,0 +1,1 @@
+"""Retrieval fusion, context assembly, prompts, LLM calls and pipelines."""
