@@ -7,7 +7,16 @@ an unreferenced temporary folder behind, which the next writer removes.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
+
+FAILPOINT_ENV = "MIGHTY_FAILPOINT"
+
+
+def failpoint(name: str) -> None:
+    """Fault injection for crash tests: SIGKILL this process when MIGHTY_FAILPOINT names this point."""
+    if os.environ.get(FAILPOINT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fsync_path(path: Path) -> None:
@@ -28,6 +37,7 @@ def fsync_tree(folder: Path) -> None:
 def publish_folder(temporary: Path, final: Path) -> None:
     """Make a fully written folder visible under its final name."""
     fsync_tree(temporary)
+    failpoint(f"before-publish:{final.parent.name}")
     os.rename(temporary, final)
     fsync_path(final.parent)
 
@@ -38,5 +48,6 @@ def atomic_write_text(path: Path, text: str) -> None:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
+    failpoint(f"before-replace:{path.name}")
     os.replace(temporary, path)
     fsync_path(path.parent)

@@ -79,17 +79,24 @@ class Snapshot:
                 self._filters.popitem(last=False)
         return masks
 
-    def bm25(self, analyzer: Analyzer, config: BM25Config, query: str, k: int,
-             where: Filter | None = None) -> list[ScoredRow]:
+    def bm25_query(self, analyzer: Analyzer, config: BM25Config, query: str) -> tuple[list[str], np.ndarray]:
+        """Unique query terms and their global weights (idf x count in the query)."""
         terms = analyzer.terms(query)
         if not terms or not self.segments:
-            return []
+            return [], np.zeros(0)
         stats = self.bm25_stats(config)
         unique = list(dict.fromkeys(terms))
         df = np.zeros(len(unique), dtype=np.int64)
         for segment, live in zip(self.segments, self.live):
             df += segment.sparse.document_frequencies(unique, live)
-        unique, weights = query_weights(config, stats, terms, df)
+        return query_weights(config, stats, terms, df)
+
+    def bm25(self, analyzer: Analyzer, config: BM25Config, query: str, k: int,
+             where: Filter | None = None) -> list[ScoredRow]:
+        unique, weights = self.bm25_query(analyzer, config, query)
+        if not unique:
+            return []
+        stats = self.bm25_stats(config)
         hits: list[ScoredRow] = []
         for position, (segment, mask) in enumerate(zip(self.segments, self.masks(where))):
             rows, scores = segment.sparse.top_k(unique, weights, k, config.k1, config.b, stats.avgdl, mask)
@@ -102,6 +109,30 @@ class Snapshot:
             rows, scores = segment.dense.top_k(vector, k, mask, ef_search)
             hits.extend(ScoredRow(position, int(r), float(s)) for r, s in zip(rows, scores))
         return _best(hits, k)
+
+    def bm25_of(self, config: BM25Config, terms: list[str], weights: np.ndarray,
+                pairs: list[tuple[int, int]]) -> np.ndarray:
+        """Exact BM25 scores of (segment, row) pairs."""
+        stats = self.bm25_stats(config)
+        return self._per_segment(pairs, lambda seg, rows: seg.sparse.score_rows(
+            terms, weights, rows, config.k1, config.b, stats.avgdl))
+
+    def dense_of(self, vector: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray:
+        """Exact inner products of (segment, row) pairs with the query vector."""
+        return self._per_segment(pairs, lambda seg, rows: seg.dense.vectors[rows] @ vector)
+
+    def _per_segment(self, pairs, score) -> np.ndarray:
+        out = np.zeros(len(pairs), dtype=np.float64)
+        if not pairs:
+            return out
+        positions = np.asarray([p[0] for p in pairs])
+        rows = np.asarray([p[1] for p in pairs], dtype=np.int64)
+        for position in np.unique(positions):
+            chosen = np.flatnonzero(positions == position)
+            order = np.argsort(rows[chosen])
+            chosen = chosen[order]
+            out[chosen] = score(self.segments[int(position)], rows[chosen])
+        return out
 
     def chunks(self, hits: list[ScoredRow]) -> list[Chunk]:
         by_segment: dict[int, list[int]] = {}

@@ -110,6 +110,27 @@ class SparseSegment:
         return rows, scores
 
 
+    def score_rows(self, terms: list[str], weights: np.ndarray, rows: np.ndarray, k1: float, b: float,
+                   avgdl: float) -> np.ndarray:
+        """Exact BM25 of chosen rows (e.g. candidates another retriever found): one binary search
+        per term and row in the sorted postings, so no forward index is needed."""
+        scores = np.zeros(len(rows), dtype=np.float64)
+        if not len(rows):
+            return scores
+        norm = k1 * (1.0 - b + b * self.doc_len[rows] / avgdl)
+        for term, weight in zip(terms, weights):
+            tid = self.term_ids.get(term)
+            if tid is None:
+                continue
+            start, end = self.indptr[tid], self.indptr[tid + 1]
+            postings = self.indices[start:end]
+            where = np.searchsorted(postings, rows)
+            hit = (where < len(postings)) & (postings[np.minimum(where, len(postings) - 1)] == rows)
+            f = np.where(hit, self.tf[start:end][np.minimum(where, len(postings) - 1)], 0.0)
+            scores += weight * f * (k1 + 1.0) / (f + norm)
+        return scores
+
+
 @dataclass(frozen=True)
 class CollectionStats:
     """Global BM25 statistics: summed over every segment (or shard) of a collection."""

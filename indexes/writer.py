@@ -16,6 +16,7 @@ import numpy as np
 
 from indexes.chunk_store import DocumentEntry
 from indexes.documents import SourceDocument
+from indexes.durable import failpoint
 from indexes.generations import Manifest, SegmentRef, collect_garbage, commit_generation, next_generation_number
 from indexes.merge import merge_segments
 from indexes.segment import PendingDocument, Segment, write_segment
@@ -83,8 +84,11 @@ class CollectionWriter:
         self.report = WriteReport()
 
     # -- document operations ---------------------------------------------------------------
-    def upsert(self, document: SourceDocument) -> str:
-        """Add or replace one document; returns 'added', 'updated' or 'unchanged'."""
+    def upsert(self, document: SourceDocument, vectors: np.ndarray | None = None) -> str:
+        """Add or replace one document; returns 'added', 'updated' or 'unchanged'.
+
+        `vectors` (one unit-length row per chunk) skips embedding, for callers that already have
+        them, such as benchmarks replaying precomputed embeddings."""
         content_hash = document.content_hash
         pending = self._pending.get(document.id)
         stored = self._docs.get(document.id)
@@ -99,7 +103,9 @@ class CollectionWriter:
         if pending is not None:
             self._pending_chunks -= len(pending.chunks)
             del self._pending[document.id]
-        self._pending[document.id] = PendingDocument(document.id, content_hash, chunks, terms)
+        if vectors is not None and len(vectors) != len(chunks):
+            raise ValueError(f"document {document.id!r} has {len(chunks)} chunks but {len(vectors)} vectors")
+        self._pending[document.id] = PendingDocument(document.id, content_hash, chunks, terms, vectors)
         self._pending_chunks += len(chunks)
         self._changed = True
         outcome = "updated" if stored is not None or pending is not None else "added"
@@ -137,10 +143,8 @@ class CollectionWriter:
             if doc.doc_id in self._docs:
                 self._tombstone(doc.doc_id)
         chunks = [c for d in documents for c in d.chunks]
-        include_title = self._collection.config.embedder.include_title
-        texts = [f"{c.title}\n{c.text}" if include_title and c.title else c.text for c in chunks]
-        self._progress.start("embedding", len(texts))
-        vectors = self._collection.embedder.encode(texts, progress=self._progress.advance)
+        vectors = self._vectors(documents, chunks)
+        failpoint("before-segment")
         self._progress.start("writing segment", None)
         sparse = SparseSegment.build([t for d in documents for t in d.terms])
         segment_id = self._new_segment_id()
@@ -154,6 +158,14 @@ class CollectionWriter:
         self.report.chunks_written += len(chunks)
         self._pending.clear()
         self._pending_chunks = 0
+
+    def _vectors(self, documents: list[PendingDocument], chunks: list) -> np.ndarray:
+        if all(d.vectors is not None for d in documents):
+            return np.concatenate([d.vectors for d in documents]).astype(np.float32)
+        include_title = self._collection.config.embedder.include_title
+        texts = [f"{c.title}\n{c.text}" if include_title and c.title else c.text for c in chunks]
+        self._progress.start("embedding", len(texts))
+        return self._collection.embedder.encode(texts, progress=self._progress.advance)
 
     def commit(self) -> Manifest | None:
         """Publish everything written so far as a new generation; None when nothing changed."""
@@ -169,6 +181,7 @@ class CollectionWriter:
         manifest = Manifest(next_generation_number(folder), refs, documents=len(self._docs),
                             chunks=sum(r.rows - r.deleted for r in refs))
         commit_generation(folder, manifest, deletes)
+        failpoint("after-commit")
         collect_garbage(folder, self._collection.config.keep_generations)
         self._segments = segments
         self._changed = False

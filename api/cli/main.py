@@ -1,0 +1,28 @@
+"""Entry point of the `mighty` command."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from api.cli import eval_commands, index_commands, search_commands
+from api.cli.context import quiet_models
+
+app = typer.Typer(name="mighty", help="Mighty: retrieval and small expert models that make large ones better.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app.add_typer(index_commands.app, name="index")
+app.add_typer(eval_commands.app, name="eval")
+app.command("search")(search_commands.search)
+app.command("demo")(search_commands.demo)
+
+
+@app.callback()
+def main(ctx: typer.Context,
+         home: Path = typer.Option(None, "--home", envvar="MIGHTY_HOME",
+                                   help="Data folder for all state (default ~/.mighty).")) -> None:
+    quiet_models()
+    ctx.obj = {"home": home}
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,85 @@
+"""`mighty search` and `mighty demo`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from pydantic import ValidationError
+
+from api.cli.context import RichProgress, err, fail, home_from, out
+from api.cli.index_commands import _open, _validation_message
+from indexes.config import CollectionConfig
+from indexes.documents import Rejection
+from indexes.readers import read_paths
+from rag.retriever import Retriever
+from rag.schemas import RetrievalRequest, RetrievalResult
+
+DEMO_QUERY = "How does Mighty keep serving queries if indexing crashes?"
+
+
+def search(ctx: typer.Context, query: str = typer.Argument(...),
+           collection: str = typer.Option(..., "--collection", "-c"),
+           mode: str = typer.Option("hybrid", help="bm25 | dense | hybrid"),
+           top_k: int = typer.Option(10, "--top-k", "-k"),
+           fusion: str = typer.Option(None, help="convex | rrf (default: the collection's)"),
+           dense_weight: float = typer.Option(None, help="Convex weight of dense retrieval, 0..1."),
+           no_adaptive: bool = typer.Option(False, "--no-adaptive", help="Use the weights as given."),
+           candidates: int = typer.Option(None, help="Hits taken from each retriever before fusion."),
+           filter_json: str = typer.Option(None, "--filter", help='Metadata filter, e.g. \'{"lang": {"in": ["en"]}}\''),
+           as_json: bool = typer.Option(False, "--json")) -> None:
+    """Search a collection and print ranked, citable chunks."""
+    try:
+        filters = json.loads(filter_json) if filter_json else None
+        request = RetrievalRequest(query=query, collection=collection, mode=mode, top_k=top_k, fusion=fusion,
+                                   dense_weight=dense_weight, adaptive=False if no_adaptive else None,
+                                   candidates=candidates, filters=filters)
+    except json.JSONDecodeError as exc:
+        raise fail(f"--filter is not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except ValidationError as exc:
+        raise fail(_validation_message(exc)) from None
+    try:
+        result = Retriever(_open(ctx, collection)).search(request)
+    except ValueError as exc:  # a filter the store cannot express
+        raise fail(str(exc)) from None
+    if as_json:
+        print(result.model_dump_json())
+    else:
+        show(result)
+
+
+def demo(ctx: typer.Context, docs: Path = typer.Option(Path("data/docs"), help="Folder to index."),
+         query: str = typer.Option(DEMO_QUERY, help="Question to retrieve for."),
+         collection: str = typer.Option("demo")) -> None:
+    """The main job on embedded defaults: index the demo corpus, then answer a retrieval query."""
+    if not docs.is_dir():
+        raise fail(f"{docs}: no such folder; run from the repository root or pass --docs PATH")
+    home = home_from(ctx)
+    try:
+        target = home.open_or_create(CollectionConfig(name=collection))
+    except ValidationError as exc:
+        raise fail(_validation_message(exc)) from None
+    with RichProgress() as progress, target.writer(progress) as writer:
+        progress.start(f"indexing {docs}", None)
+        for item in read_paths([str(docs)], target.config.max_document_bytes):
+            if isinstance(item, Rejection):
+                err.print(f"[red]rejected[/] {item}", highlight=False)
+            else:
+                writer.upsert(item)
+                progress.advance(1)
+        writer.commit()
+    snapshot = target.snapshot()
+    out.print(f"collection {collection!r}: {snapshot.manifest.documents} documents, {snapshot.manifest.chunks} chunks, "
+              f"generation {snapshot.generation}, home {home.root}")
+    show(Retriever(target).search(RetrievalRequest(query=query, top_k=5)))
+
+
+def show(result: RetrievalResult) -> None:
+    out.print(f"[bold]{result.query}[/]  ({result.mode}, {len(result.hits)} hits, "
+              f"{result.timings_ms.get('total', 0):.1f} ms, generation {result.generation})", highlight=False)
+    for rank, hit in enumerate(result.hits, start=1):
+        found = " ".join(f"{name}#{r.rank}" for name, r in hit.found_by.items() if r.rank)
+        snippet = " ".join(hit.text.split())
+        snippet = snippet[:240] + ("…" if len(snippet) > 240 else "")
+        out.print(f"[bold][{rank}][/] {hit.score:.3f}  [cyan]{hit.id}[/] chars {hit.span[0]}-{hit.span[1]}"
+                  f"  {hit.title}  [dim]({found})[/]\n    {snippet}", highlight=False)

@@ -1,0 +1,113 @@
+"""Sparse, dense and hybrid retrieval over one collection snapshot, with provenance per hit."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+
+import numpy as np
+
+from indexes.collection import Collection
+from indexes.documents import Chunk
+from indexes.snapshot import ScoredRow, Snapshot
+from rag.fusion import convex_combination, min_max, reciprocal_rank_fusion
+from rag.schemas import Hit, RetrievalRequest, RetrievalResult, RetrieverRank
+
+_QUERY_CACHE = 1024
+
+
+class Retriever:
+    """Answers `RetrievalRequest`s for one collection; thread-safe, shareable across requests."""
+
+    def __init__(self, collection: Collection) -> None:
+        self.collection = collection
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def embed_query(self, query: str) -> np.ndarray:
+        with self._lock:
+            if query in self._vectors:
+                self._vectors.move_to_end(query)
+                return self._vectors[query]
+        vector = self.collection.embedder.encode([query])[0]
+        with self._lock:
+            self._vectors[query] = vector
+            if len(self._vectors) > _QUERY_CACHE:
+                self._vectors.popitem(last=False)
+        return vector
+
+    def search(self, request: RetrievalRequest) -> RetrievalResult:
+        config = self.collection.config
+        fusion = config.fusion
+        candidates = max(request.candidates or fusion.candidates, request.top_k)
+        snapshot = self.collection.snapshot()
+        timings: dict[str, float] = {}
+        lists: dict[str, list[ScoredRow]] = {}
+        terms, term_weights, vector = [], np.zeros(0), None
+        if request.mode in ("bm25", "hybrid"):
+            started = time.perf_counter()
+            terms, term_weights = snapshot.bm25_query(self.collection.analyzer, config.bm25, request.query)
+            lists["bm25"] = snapshot.bm25(self.collection.analyzer, config.bm25, request.query, candidates,
+                                          request.filters)
+            timings["bm25"] = _ms(started)
+        if request.mode in ("dense", "hybrid"):
+            started = time.perf_counter()
+            vector = self.embed_query(request.query)
+            timings["embed"] = _ms(started)
+            started = time.perf_counter()
+            lists["dense"] = snapshot.dense(vector, candidates, config.dense.ef_search, request.filters)
+            timings["dense"] = _ms(started)
+        started = time.perf_counter()
+        pool = list(dict.fromkeys((h.segment, h.row) for hits in lists.values() for h in hits))
+        raw = {name: self._raw_scores(name, hits, pool, snapshot, terms, term_weights, vector)
+               for name, hits in lists.items()}
+        ranks = {name: _ranks(hits, pool) for name, hits in lists.items()}
+        weights: dict[str, float] = {}
+        if not pool:
+            fused = np.zeros(0)
+        elif request.mode != "hybrid":
+            (name,) = lists
+            fused = min_max(raw[name])
+        elif (request.fusion or fusion.method) == "rrf":
+            fused = reciprocal_rank_fusion(ranks, fusion.rrf_k)
+        else:
+            dense_weight = fusion.dense_weight if request.dense_weight is None else request.dense_weight
+            adaptive = fusion.adaptive if request.adaptive is None else request.adaptive
+            fused, weights = convex_combination(raw, {"bm25": 1 - dense_weight, "dense": dense_weight}, adaptive)
+        order = np.argsort(-fused, kind="mergesort")[:request.top_k]
+        chosen = [ScoredRow(*pool[i], float(fused[i])) for i in order]
+        timings["fusion"] = _ms(started)
+        started = time.perf_counter()
+        chunks = snapshot.chunks(chosen)
+        timings["fetch"] = _ms(started)
+        hits = [_hit(chunk, float(fused[i]), {name: RetrieverRank(rank=int(ranks[name][i]) or None,
+                                                                  score=float(raw[name][i]))
+                                              for name in lists})
+                for i, chunk in zip(order, chunks)]
+        timings["total"] = sum(timings.values())
+        return RetrievalResult(query=request.query, collection=self.collection.name, mode=request.mode,
+                               generation=snapshot.generation, hits=hits, weights=weights, timings_ms=timings)
+
+    def _raw_scores(self, name: str, hits: list[ScoredRow], pool: list[tuple[int, int]], snapshot: Snapshot,
+                    terms: list[str], term_weights: np.ndarray, vector: np.ndarray | None) -> np.ndarray:
+        known = {(h.segment, h.row): h.score for h in hits}
+        missing = [p for p in pool if p not in known]
+        if missing:
+            exact = (snapshot.bm25_of(self.collection.config.bm25, terms, term_weights, missing)
+                     if name == "bm25" else snapshot.dense_of(vector, missing))
+            known.update(zip(missing, exact.tolist()))
+        return np.asarray([known[p] for p in pool], dtype=np.float64)
+
+
+def _ranks(hits: list[ScoredRow], pool: list[tuple[int, int]]) -> np.ndarray:
+    position = {(h.segment, h.row): rank for rank, h in enumerate(hits, start=1)}
+    return np.asarray([position.get(p, 0) for p in pool], dtype=np.int64)
+
+
+def _hit(chunk: Chunk, score: float, found_by: dict[str, RetrieverRank]) -> Hit:
+    return Hit(id=chunk.doc_id, chunk=chunk.chunk_index, title=chunk.title, text=chunk.text,
+               span=(chunk.start, chunk.end), metadata=chunk.metadata, score=score, found_by=found_by)
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

@@ -1,0 +1,50 @@
+"""Typed requests and results of retrieval, shared by the CLI, the REST API and the pipelines."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Mode = Literal["bm25", "dense", "hybrid"]
+FilterValue = str | int | float | bool
+Filters = dict[str, FilterValue | dict[Literal["in"], list[FilterValue]]]
+
+
+class RetrievalRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=4096)
+    collection: str | None = Field(None, description="set by callers that route between collections")
+    top_k: int = Field(10, ge=1, le=1000)
+    mode: Mode = "hybrid"
+    fusion: Literal["convex", "rrf"] | None = Field(None, description="default: the collection's")
+    dense_weight: float | None = Field(None, ge=0, le=1, description="convex weight of dense retrieval")
+    adaptive: bool | None = None
+    candidates: int | None = Field(None, ge=1, le=10_000)
+    filters: Filters | None = None
+
+
+class RetrieverRank(BaseModel):
+    rank: int | None = Field(description="1-based rank in that retriever's list; None if outside it")
+    score: float = Field(description="that retriever's raw score")
+
+
+class Hit(BaseModel):
+    id: str = Field(description="document id")
+    chunk: int
+    title: str
+    text: str
+    span: tuple[int, int] = Field(description="character offsets of the chunk in its document")
+    metadata: dict[str, Any]
+    score: float = Field(description="fused score, normalised to [0, 1] within this result")
+    found_by: dict[str, RetrieverRank]
+
+
+class RetrievalResult(BaseModel):
+    query: str
+    collection: str
+    mode: Mode
+    generation: int
+    hits: list[Hit]
+    weights: dict[str, float] = Field(default_factory=dict)
+    timings_ms: dict[str, float] = Field(default_factory=dict)
