@@ -49,7 +49,8 @@ class SentenceTransformerEmbedder:
         self._model = SentenceTransformer(self.model_dir, device="cpu")
         self._model.max_seq_length = min(config.max_seq_length, self._model.max_seq_length or 10**6)
         self._batch_size = config.batch_size
-        self.dim = int(self._model.get_sentence_embedding_dimension())
+        dimension = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        self.dim = int(dimension())
         self._lock = threading.Lock()  # torch modules are not re-entrant across threads
 
     def encode(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:

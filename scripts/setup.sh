@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv and install Mighty into it. torch is pinned first so that the CPU build on disk is
+# used; anything resolving torch later finds it satisfied instead of pulling CUDA packages.
+# Usage: bash scripts/setup.sh [--dev]     (--dev adds the test tools)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras=""
+[ "${1:-}" = "--dev" ] && extras="[dev]"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}" 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -c "import torch, faiss, sentence_transformers, indexes, rag, api" \
+  || { echo "setup failed: see pip's messages above" >&2; exit 1; }
