@@ -93,7 +93,11 @@ class Snapshot:
 
     def bm25(self, analyzer: Analyzer, config: BM25Config, query: str, k: int,
              where: Filter | None = None) -> list[ScoredRow]:
-        unique, weights = self.bm25_query(analyzer, config, query)
+        terms, weights = self.bm25_query(analyzer, config, query)
+        return self.bm25_top_k(config, terms, weights, k, where)
+
+    def bm25_top_k(self, config: BM25Config, unique: list[str], weights: np.ndarray, k: int,
+                   where: Filter | None = None) -> list[ScoredRow]:
         if not unique:
             return []
         stats = self.bm25_stats(config)

@@ -47,8 +47,7 @@ class Retriever:
         if request.mode in ("bm25", "hybrid"):
             started = time.perf_counter()
             terms, term_weights = snapshot.bm25_query(self.collection.analyzer, config.bm25, request.query)
-            lists["bm25"] = snapshot.bm25(self.collection.analyzer, config.bm25, request.query, candidates,
-                                          request.filters)
+            lists["bm25"] = snapshot.bm25_top_k(config.bm25, terms, term_weights, candidates, request.filters)
             timings["bm25"] = _ms(started)
         if request.mode in ("dense", "hybrid"):
             started = time.perf_counter()
