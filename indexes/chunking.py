@@ -37,13 +37,13 @@ class TokenChunker:
     """Split documents into overlapping windows of at most `size` tokens, preferring sentence ends."""
 
     def __init__(self, tokenizer, config: ChunkingConfig) -> None:
-        self._tokenizer = tokenizer
+        self.tokenizer = tokenizer
         self._size = config.size
         self._overlap = config.overlap
 
     def split(self, document: SourceDocument) -> list[Chunk]:
         text = document.text
-        offsets = [span for span in self._tokenizer.encode(text, add_special_tokens=False).offsets]
+        offsets = [span for span in self.tokenizer.encode(text, add_special_tokens=False).offsets]
         if not offsets:
             return []
         chunks: list[Chunk] = []

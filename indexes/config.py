@@ -64,7 +64,7 @@ class EmbedderConfig(BaseModel):
 class DenseConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    hnsw_threshold: int = Field(50_000, ge=0, description="segments with more rows get an HNSW graph")
+    hnsw_threshold: int = Field(20_000, ge=0, description="segments with more rows get an HNSW graph")
     hnsw_m: int = Field(32, ge=4, le=128)
     ef_construction: int = Field(128, ge=8)
     ef_search: int = Field(128, ge=8)
@@ -84,6 +84,8 @@ class CollectionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
+    owner: str | None = Field(None, description="team that may write it (besides admins)")
+    default_llm: str | None = Field(None, description="LiteLLM model string for answers over this collection")
     chunking: ChunkingConfig = ChunkingConfig()
     bm25: BM25Config = BM25Config()
     embedder: EmbedderConfig = EmbedderConfig()

@@ -105,7 +105,7 @@ def read_jsonl_lines(handle: IO[str], source: str, max_bytes: int) -> Iterator[R
         except json.JSONDecodeError as exc:
             yield Rejection(source, f"malformed JSON ({exc.msg} at column {exc.colno})", number)
             continue
-        result = _document_from_record(record, source)
+        result = document_from_record(record, source)
         if isinstance(result, str):
             yield Rejection(source, result, number)
         else:
@@ -114,7 +114,7 @@ def read_jsonl_lines(handle: IO[str], source: str, max_bytes: int) -> Iterator[R
         yield Rejection(source, "empty file")
 
 
-def _document_from_record(record: Any, source: str) -> SourceDocument | str:
+def document_from_record(record: Any, source: str) -> SourceDocument | str:
     if not isinstance(record, dict):
         return "each line must be a JSON object"
     doc_id = record.get("_id", record.get("id"))

@@ -25,7 +25,7 @@ from indexes.sparse import SparseSegment
 if TYPE_CHECKING:
     from indexes.collection import Collection
 
-FLUSH_CHUNKS = 50_000
+FLUSH_CHUNKS = 100_000
 
 
 class ProgressSink(Protocol):

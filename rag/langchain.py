@@ -6,8 +6,9 @@ from typing import Any
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict
+from pydantic import ConfigDict, PrivateAttr
 
+from indexes.collection import Collection
 from rag.retriever import Retriever
 from rag.schemas import Filters, Mode, RetrievalRequest
 
@@ -17,18 +18,21 @@ class MightyRetriever(BaseRetriever):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    retriever: Retriever
+    collection: Collection
     mode: Mode = "hybrid"
     top_k: int = 5
     filters: Filters | None = None
     fusion: str | None = None
     dense_weight: float | None = None
+    _retriever: Retriever | None = PrivateAttr(None)
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
                                 **kwargs: Any) -> list[Document]:
         request = RetrievalRequest(query=query, mode=self.mode, top_k=self.top_k, filters=self.filters,
                                    fusion=self.fusion, dense_weight=self.dense_weight)
-        result = self.retriever.search(request)
+        if self._retriever is None:
+            self._retriever = Retriever(self.collection)
+        result = self._retriever.search(request)
         return [Document(page_content=hit.text, id=f"{hit.id}#{hit.chunk}",
                          metadata={**hit.metadata, "id": hit.id, "chunk": hit.chunk, "title": hit.title,
                                    "span": list(hit.span), "score": hit.score, "collection": result.collection,

@@ -64,7 +64,7 @@ def test_metadata_filters(retriever):
 
 
 def test_langchain_adapter_returns_documents(retriever):
-    adapter = MightyRetriever(retriever=retriever, top_k=3)
+    adapter = MightyRetriever(collection=retriever.collection, top_k=3)
     documents = adapter.invoke("How do I evaluate retrieval quality?")
     assert len(documents) == 3 and all(isinstance(d, Document) for d in documents)
     assert documents[0].metadata["id"].startswith("docs/")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from api.cli import eval_commands, index_commands, search_commands
+from api.cli import eval_commands, index_commands, search_commands, serve_commands
 from api.cli.context import quiet_models
 
 app = typer.Typer(name="mighty", help="Mighty: retrieval and small expert models that make large ones better.",
@@ -14,6 +14,8 @@ app.add_typer(index_commands.app, name="index")
 app.add_typer(eval_commands.app, name="eval")
 app.command("search")(search_commands.search)
 app.command("demo")(search_commands.demo)
+app.command("serve")(serve_commands.serve)
+app.add_typer(serve_commands.keys_app, name="keys")
 
 
 @app.callback()

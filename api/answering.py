@@ -1,0 +1,81 @@
+"""Shared by /v1/query and /v1/chat/completions: run the answer pipeline under stage timeouts."""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import HTTPException, status
+from fastapi.concurrency import run_in_threadpool, iterate_in_threadpool
+
+from api.keys import Principal
+from api.metrics import STAGE_SECONDS
+from api.state import ServiceState
+from indexes.collection import CollectionNotFound
+from rag import llm
+from rag.pipeline import AnswerPipeline, AnswerResponse, Prepared
+from rag.schemas import Filters, Mode
+
+
+def llm_options(state: ServiceState, collection: str | None, model: str | None, principal: Principal, *,
+                fallbacks: list[str] | None = None, api_base: str | None = None, api_key: str | None = None,
+                max_tokens: int | None = None,
+                temperature: float = 0.0, timeout_s: float | None = None) -> llm.LLMOptions:
+    if (api_base or api_key) and not principal.is_admin:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "only admin keys may set api_base or api_key on a request")
+    default = None
+    if collection:
+        default = state.collection(collection).config.default_llm
+    return llm.LLMOptions(model=model or default or state.settings.default_llm, api_base=api_base, api_key=api_key,
+                          fallbacks=fallbacks or [], timeout_s=timeout_s or state.settings.llm_timeout_s,
+                          retries=state.settings.llm_retries, max_tokens=max_tokens or state.settings.answer_tokens,
+                          temperature=temperature)
+
+
+async def prepare(state: ServiceState, collection: str, query: str, top_k: int, mode: Mode,
+                  filters: Filters | None, options: llm.LLMOptions) -> tuple[AnswerPipeline, Prepared]:
+    if len(query) > state.settings.max_query_chars:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"query is {len(query)} characters; the limit is {state.settings.max_query_chars}")
+    if top_k > state.settings.max_top_k:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"top_k must be at most {state.settings.max_top_k}")
+    try:
+        pipeline = state.pipeline(collection)
+    except CollectionNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    timeout = state.settings.retrieval_timeout_s
+    try:
+        with STAGE_SECONDS.labels("retrieve").time():
+            retrieval = await asyncio.wait_for(
+                run_in_threadpool(pipeline.retrieve, query, top_k, mode, filters), timeout)
+    except TimeoutError:
+        raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT,
+                            {"stage": "retrieval", "message": f"retrieval took longer than {timeout:g}s"}) from None
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    return pipeline, await run_in_threadpool(pipeline.prepare, query, retrieval, options)
+
+
+async def complete(pipeline: AnswerPipeline, prepared: Prepared) -> AnswerResponse:
+    try:
+        with STAGE_SECONDS.labels("llm").time():
+            completion = await asyncio.wait_for(run_in_threadpool(pipeline.generate, prepared),
+                                                prepared.options.timeout_s + 5)
+    except (TimeoutError, llm.LLMTimeout):
+        raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT,
+                            {"stage": "llm", "message": f"model {prepared.options.model!r} took longer than "
+                                                        f"{prepared.options.timeout_s:g}s"}) from None
+    except llm.LLMError as exc:
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY, {"stage": "llm", "message": str(exc)}) from None
+    return await run_in_threadpool(pipeline.finish, prepared, completion.text, completion)
+
+
+async def stream_tokens(pipeline: AnswerPipeline, prepared: Prepared,
+                        collected: list[str]) -> AsyncIterator[tuple[str, str]]:
+    """('token', text) events, then ('error', json) if the model failed midway."""
+    try:
+        async for delta in iterate_in_threadpool(pipeline.stream(prepared)):
+            collected.append(delta)
+            yield "token", delta
+    except (llm.LLMTimeout, llm.LLMError) as exc:
+        yield "error", json.dumps({"stage": "llm", "message": str(exc)})

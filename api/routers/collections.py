@@ -1,0 +1,155 @@
+"""Collections, their documents and indexing jobs."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, File, HTTPException, UploadFile, status
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+
+from api.dependencies import get_principal, get_state, require_writer
+from api.keys import Principal
+from api.schemas import CollectionCreate, DocumentBatch, JobOut
+from api.state import Job, ServiceState
+from indexes.collection import CollectionExists, CollectionNotFound
+from indexes.config import ChunkingConfig, CollectionConfig, EmbedderConfig
+from indexes.documents import Rejection, SourceDocument
+from indexes.generations import list_generations
+from indexes.readers import read_paths
+
+router = APIRouter(prefix="/v1", tags=["collections"])
+
+
+def _open(state: ServiceState, name: str):
+    try:
+        return state.collection(name)
+    except CollectionNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+
+
+def _writable(state: ServiceState, name: str, principal: Principal):
+    collection = _open(state, name)
+    if not principal.can_write(collection.config.owner):
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            f"key role {principal.role!r} cannot change collection {name!r} "
+                            f"(owner: {collection.config.owner or 'admins only'})")
+    return collection
+
+
+def _describe(collection) -> dict:
+    snapshot = collection.snapshot()
+    return {"name": collection.name, "owner": collection.config.owner, "documents": snapshot.manifest.documents,
+            "chunks": snapshot.manifest.chunks, "generation": snapshot.generation,
+            "generations": len(list_generations(collection.folder)), "segments": len(snapshot.segments),
+            "size_bytes": snapshot.size_on_disk(), "embedder": collection.config.embedder.model,
+            "default_llm": collection.config.default_llm}
+
+
+@router.get("/collections")
+def list_collections(state: ServiceState = Depends(get_state), _: Principal = Depends(get_principal)) -> list[dict]:
+    return [_describe(state.collection(name)) for name in state.home.names()]
+
+
+@router.post("/collections", status_code=status.HTTP_201_CREATED)
+def create_collection(body: CollectionCreate, state: ServiceState = Depends(get_state),
+                      principal: Principal = Depends(require_writer)) -> dict:
+    owner = body.owner if principal.is_admin else principal.team
+    if not principal.is_admin and body.owner not in (None, principal.team):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"a {principal.role!r} key can only create its own team's collections")
+    try:
+        chunking = {k: v for k, v in {"size": body.chunk_size, "overlap": body.chunk_overlap}.items() if v is not None}
+        config = CollectionConfig(name=body.name, owner=owner, default_llm=body.default_llm,
+                                  chunking=ChunkingConfig(**chunking),
+                                  embedder=EmbedderConfig(**({"model": body.embedder} if body.embedder else {})))
+        return _describe(state.home.create(config))
+    except ValidationError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, _messages(exc)) from None
+    except CollectionExists as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+
+
+@router.get("/collections/{name}")
+def get_collection(name: str, state: ServiceState = Depends(get_state), _: Principal = Depends(get_principal)) -> dict:
+    return _describe(_open(state, name))
+
+
+@router.delete("/collections/{name}")
+async def delete_collection(name: str, state: ServiceState = Depends(get_state),
+                            principal: Principal = Depends(get_principal)) -> dict:
+    _writable(state, name, principal)
+    await run_in_threadpool(state.home.delete, name)
+    state.forget(name)
+    return {"deleted": name}
+
+
+@router.post("/collections/{name}/documents", status_code=status.HTTP_202_ACCEPTED)
+def add_documents(name: str, batch: DocumentBatch, state: ServiceState = Depends(get_state),
+                  principal: Principal = Depends(get_principal)) -> JobOut:
+    collection = _writable(state, name, principal)
+    documents = [SourceDocument(d.id, d.text, d.title, d.metadata, "request") for d in batch.documents]
+    return _job(state.submit(name, "add", lambda: _upsert(collection, documents, [])))
+
+
+@router.post("/collections/{name}/files", status_code=status.HTTP_202_ACCEPTED)
+def upload_files(name: str, files: list[UploadFile] = File(...), state: ServiceState = Depends(get_state),
+                 principal: Principal = Depends(get_principal)) -> JobOut:
+    collection = _writable(state, name, principal)
+    folder = Path(tempfile.mkdtemp(prefix="mighty-upload-"))
+    for upload in files:
+        safe = Path(upload.filename or "upload").name or "upload"
+        with open(folder / safe, "wb") as handle:
+            shutil.copyfileobj(upload.file, handle)
+    paths = [str(p) for p in sorted(folder.iterdir())]
+    parsed = list(read_paths(paths, collection.config.max_document_bytes))
+    documents = [d for d in parsed if isinstance(d, SourceDocument)]
+    rejected = [{"source": Path(r.source).name, "line": r.line, "reason": r.reason}
+                for r in parsed if isinstance(r, Rejection)]
+    shutil.rmtree(folder, ignore_errors=True)
+    if not documents:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, {"message": "no file could be read", "rejected": rejected})
+    return _job(state.submit(name, "upload", lambda: _upsert(collection, documents, rejected)))
+
+
+@router.delete("/collections/{name}/documents/{doc_id:path}")
+async def delete_document(name: str, doc_id: str, state: ServiceState = Depends(get_state),
+                          principal: Principal = Depends(get_principal)) -> dict:
+    collection = _writable(state, name, principal)
+
+    def work() -> bool:
+        with collection.writer() as writer:
+            found = writer.delete(doc_id)
+            writer.commit()
+            return found
+
+    if not await run_in_threadpool(work):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no document {doc_id!r} in collection {name!r}")
+    return {"deleted": doc_id}
+
+
+@router.get("/jobs/{job_id}")
+def get_job(job_id: str, state: ServiceState = Depends(get_state), _: Principal = Depends(get_principal)) -> JobOut:
+    job = state.jobs.get(job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r} (jobs are kept until the server restarts)")
+    return _job(job)
+
+
+def _upsert(collection, documents: list[SourceDocument], rejected: list[dict]) -> dict:
+    with collection.writer() as writer:
+        for document in documents:
+            writer.upsert(document)
+        writer.commit()
+        report = writer.report
+    return {"added": report.added, "updated": report.updated, "unchanged": report.unchanged,
+            "chunks_written": report.chunks_written, "generation": report.generation, "rejected": rejected}
+
+
+def _job(job: Job) -> JobOut:
+    return JobOut(id=job.id, collection=job.collection, kind=job.kind, status=job.status, result=job.result,
+                  error=job.error)
+
+
+def _messages(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())

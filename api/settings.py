@@ -1,0 +1,30 @@
+"""Service settings (`MIGHTY_*` environment variables or `mighty serve` options)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOCAL_LLM = "local/smollm2-135m-instruct"
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MIGHTY_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".mighty")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite in the home folder")
+    no_auth: bool = False
+    default_llm: str = LOCAL_LLM
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_query_chars: int = 4096
+    max_top_k: int = 100
+    rate_limit_per_minute: int = 600
+    retrieval_timeout_s: float = 10.0
+    llm_timeout_s: float = 120.0
+    llm_retries: int = 1
+    context_tokens: int = 1500
+    answer_tokens: int = 256
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'mighty.db').expanduser()}"

@@ -1,0 +1,111 @@
+"""Long-lived service state: settings, collections, retrievers, keys, jobs and rate limits."""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from api.db import make_engine, make_sessions
+from api.keys import KeyStore
+from api.settings import ServiceSettings
+from indexes.collection import Collection, Home
+from rag.pipeline import AnswerPipeline
+from rag.retriever import Retriever
+
+
+@dataclass
+class Job:
+    id: str
+    collection: str
+    kind: str
+    status: str = "queued"  # queued | running | succeeded | failed
+    created_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+class RateLimiter:
+    """Token bucket per key: `per_minute` requests, refilled continuously."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: str) -> float:
+        """0 when allowed, else seconds until the next request would be."""
+        if self.per_minute <= 0:
+            return 0.0
+        now = time.monotonic()
+        rate = self.per_minute / 60.0
+        with self._lock:
+            tokens, last = self._buckets.get(key, (float(self.per_minute), now))
+            tokens = min(float(self.per_minute), tokens + (now - last) * rate)
+            if tokens < 1:
+                self._buckets[key] = (tokens, now)
+                return (1 - tokens) / rate
+            self._buckets[key] = (tokens - 1, now)
+            return 0.0
+
+
+class ServiceState:
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.home = Home(settings.home)
+        self.engine = make_engine(settings.resolved_database_url())
+        self.keys = KeyStore(make_sessions(self.engine))
+        self.limiter = RateLimiter(settings.rate_limit_per_minute)
+        self.jobs: dict[str, Job] = {}
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mighty-index")
+        self._retrievers: dict[str, Retriever] = {}
+        self._lock = threading.Lock()
+
+    def collection(self, name: str) -> Collection:
+        return self.home.open(name)
+
+    def retriever(self, name: str) -> Retriever:
+        collection = self.collection(name)
+        with self._lock:
+            retriever = self._retrievers.get(name)
+            if retriever is None or retriever.collection is not collection:
+                retriever = self._retrievers[name] = Retriever(collection)
+            return retriever
+
+    def warm_up(self) -> None:
+        """Load embedders and compile the BM25 kernels before the first request, not during it."""
+        from rag.schemas import RetrievalRequest
+
+        for name in self.home.names():
+            self.retriever(name).search(RetrievalRequest(query="warm up", top_k=1))
+
+    def pipeline(self, name: str) -> AnswerPipeline:
+        return AnswerPipeline(self.retriever(name), self.settings.context_tokens)
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._retrievers.pop(name, None)
+
+    def submit(self, collection: str, kind: str, work) -> Job:
+        job = Job(uuid.uuid4().hex, collection, kind)
+        self.jobs[job.id] = job
+
+        def run() -> None:
+            job.status = "running"
+            try:
+                job.result = work()
+                job.status = "succeeded"
+            except Exception as exc:  # noqa: BLE001 - reported to the client through the job
+                job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
+            finally:
+                job.finished_at = time.time()
+
+        self.executor.submit(run)
+        return job
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=False)
+        self.engine.dispose()

@@ -1,0 +1,93 @@
+"""Every LLM call goes through LiteLLM by model string: hosted, self-hosted or the embedded model.
+
+`local/<name>` models run in-process (registered as a LiteLLM custom provider), so the pipeline
+has a single code path whether the model is SmolLM2 on this CPU or a hosted frontier model.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, Field
+
+
+class LLMOptions(BaseModel):
+    """Per-request or per-collection model settings."""
+
+    model: str
+    api_base: str | None = None
+    api_key: str | None = None
+    fallbacks: list[str] = Field(default_factory=list)
+    timeout_s: float = 120.0
+    retries: int = 1
+    max_tokens: int = 256
+    temperature: float = 0.0
+
+
+@dataclass
+class Completion:
+    text: str
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+    extra: dict = field(default_factory=dict)
+
+
+class LLMTimeout(TimeoutError):
+    pass
+
+
+class LLMError(RuntimeError):
+    pass
+
+
+def _arguments(options: LLMOptions, messages: list[dict], stream: bool) -> dict:
+    import litellm
+
+    if options.model.startswith("local/"):
+        from rag.litellm_local import register_local_provider
+
+        register_local_provider()
+    litellm.drop_params = True  # providers that lack a parameter ignore it instead of failing
+    arguments = {"model": options.model, "messages": messages, "timeout": options.timeout_s,
+                 "num_retries": options.retries, "max_tokens": options.max_tokens,
+                 "temperature": options.temperature, "stream": stream}
+    if options.api_base:
+        arguments["api_base"] = options.api_base
+    if options.api_key:
+        arguments["api_key"] = options.api_key
+    if options.fallbacks:
+        arguments["fallbacks"] = options.fallbacks
+    return arguments
+
+
+def complete(options: LLMOptions, messages: list[dict]) -> Completion:
+    import litellm
+
+    try:
+        response = litellm.completion(**_arguments(options, messages, stream=False))
+    except litellm.Timeout as exc:
+        raise LLMTimeout(f"model {options.model!r} did not answer within {options.timeout_s:g}s") from exc
+    except litellm.APIError as exc:
+        raise LLMError(f"model {options.model!r} failed: {exc}") from exc
+    choice = response.choices[0]
+    usage = getattr(response, "usage", None)
+    return Completion(choice.message.content or "", response.model or options.model,
+                      getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0,
+                      choice.finish_reason or "stop")
+
+
+def stream(options: LLMOptions, messages: list[dict]) -> Iterator[str]:
+    """Text deltas as the model produces them."""
+    import litellm
+
+    try:
+        for chunk in litellm.completion(**_arguments(options, messages, stream=True)):
+            delta = chunk.choices[0].delta.content if chunk.choices else None
+            if delta:
+                yield delta
+    except litellm.Timeout as exc:
+        raise LLMTimeout(f"model {options.model!r} did not answer within {options.timeout_s:g}s") from exc
+    except litellm.APIError as exc:
+        raise LLMError(f"model {options.model!r} failed: {exc}") from exc

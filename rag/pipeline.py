@@ -1,0 +1,111 @@
+"""The answer pipeline: retrieve -> assemble sources -> prompt -> LLM -> citations.
+
+Stages are separate methods so the service can run each under its own timeout (and report which
+stage timed out) and stream tokens between `prepare` and `finish`.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, Field
+
+from rag import llm
+from rag.citations import Citation, attribute
+from rag.context import Source, assemble
+from rag.prompts import answer_messages
+from rag.retriever import Retriever
+from rag.schemas import Filters, Mode, RetrievalRequest, RetrievalResult
+
+
+class CitationOut(BaseModel):
+    number: int
+    id: str
+    title: str
+    span: tuple[int, int]
+    score: float
+    text: str
+    kind: str = "chunk"
+    post_hoc: bool = Field(False, description="attributed by similarity, not written by the model")
+
+
+class AnswerResponse(BaseModel):
+    answer: str
+    citations: list[CitationOut]
+    sources: list[CitationOut] = Field(description="every source the model was shown")
+    model: str
+    collection: str
+    generation: int
+    usage: dict[str, int] = Field(default_factory=dict)
+    timings: dict[str, float] = Field(default_factory=dict, description="milliseconds per stage")
+
+
+@dataclass
+class Prepared:
+    retrieval: RetrievalResult
+    sources: list[Source]
+    messages: list[dict]
+    options: llm.LLMOptions
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class AnswerPipeline:
+    def __init__(self, retriever: Retriever, context_tokens: int = 1500) -> None:
+        self.retriever = retriever
+        self.context_tokens = context_tokens
+
+    def retrieve(self, query: str, top_k: int, mode: Mode = "hybrid", filters: Filters | None = None) -> RetrievalResult:
+        return self.retriever.search(RetrievalRequest(query=query, top_k=top_k, mode=mode, filters=filters))
+
+    def prepare(self, query: str, retrieval: RetrievalResult, options: llm.LLMOptions) -> Prepared:
+        started = time.perf_counter()
+        tokenizer = self.retriever.collection.chunker.tokenizer
+        sources = assemble(retrieval.hits, self.context_tokens,
+                           lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids))
+        prepared = Prepared(retrieval, sources, answer_messages(query, sources), options)
+        prepared.timings = {"retrieve": retrieval.timings_ms.get("total", 0.0), "assemble": _ms(started)}
+        return prepared
+
+    def generate(self, prepared: Prepared) -> llm.Completion:
+        started = time.perf_counter()
+        completion = llm.complete(prepared.options, prepared.messages)
+        prepared.timings["llm"] = _ms(started)
+        return completion
+
+    def stream(self, prepared: Prepared) -> Iterator[str]:
+        started = time.perf_counter()
+        yield from llm.stream(prepared.options, prepared.messages)
+        prepared.timings["llm"] = _ms(started)
+
+    def finish(self, prepared: Prepared, text: str, completion: llm.Completion | None = None) -> AnswerResponse:
+        started = time.perf_counter()
+        encoder = self.retriever.collection.embedder
+        answer, citations = attribute(text, prepared.sources, lambda texts: encoder.encode(list(texts)))
+        prepared.timings["citations"] = _ms(started)
+        prepared.timings["total"] = round(sum(prepared.timings.values()), 3)
+        usage = {}
+        if completion is not None:
+            usage = {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens}
+        return AnswerResponse(
+            answer=answer, citations=[_citation(c) for c in citations],
+            sources=[_citation(Citation(s)) for s in prepared.sources],
+            model=completion.model if completion else prepared.options.model,
+            collection=prepared.retrieval.collection, generation=prepared.retrieval.generation,
+            usage=usage, timings=prepared.timings)
+
+    def answer(self, query: str, options: llm.LLMOptions, top_k: int = 5, mode: Mode = "hybrid",
+               filters: Filters | None = None) -> AnswerResponse:
+        prepared = self.prepare(query, self.retrieve(query, top_k, mode, filters), options)
+        completion = self.generate(prepared)
+        return self.finish(prepared, completion.text, completion)
+
+
+def _citation(citation: Citation) -> CitationOut:
+    s = citation.source
+    return CitationOut(number=s.number, id=s.id, title=s.title, span=s.span, score=round(s.score, 6), text=s.text,
+                       kind=s.kind, post_hoc=citation.post_hoc)
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
