@@ -54,6 +54,33 @@ def write_chunk_store(folder: Path, docs: Iterable[tuple[str, str, list[Chunk]]]
         connection.close()
 
 
+def merge_chunk_stores(folder: Path, sources: list[tuple[Path, np.ndarray]]) -> int:
+    """Copy the live rows of several segments' tables into one, renumbered in order, inside SQLite
+    (ATTACH + INSERT ... SELECT), so a merge never holds millions of chunks in Python objects.
+    Returns the number of documents written."""
+    connection = sqlite3.connect(folder / FILE_NAME)
+    try:
+        connection.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + _SCHEMA)
+        offset = 0
+        for source, alive in sources:
+            live_rows = np.flatnonzero(alive)
+            connection.execute("ATTACH DATABASE ? AS src", (f"file:{(source / FILE_NAME).as_posix()}?mode=ro",))
+            connection.execute("CREATE TEMP TABLE rowmap (old INTEGER PRIMARY KEY, new INTEGER NOT NULL)")
+            connection.executemany("INSERT INTO rowmap VALUES (?, ?)",
+                                   zip(live_rows.tolist(), range(offset, offset + len(live_rows))))
+            connection.execute("INSERT INTO chunks SELECT m.new, c.doc_id, c.chunk_index, c.title, c.text, c.start, "
+                               "c.end, c.metadata FROM src.chunks c JOIN rowmap m ON m.old = c.row ORDER BY m.new")
+            connection.execute("INSERT INTO docs SELECT d.doc_id, d.hash, m.new, d.rows FROM src.docs d "
+                               "JOIN rowmap m ON m.old = d.first_row")
+            connection.commit()
+            connection.execute("DROP TABLE rowmap")
+            connection.execute("DETACH DATABASE src")
+            offset += len(live_rows)
+        return connection.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
+    finally:
+        connection.close()
+
+
 class ChunkStore:
     """Read-only view of one segment's tables; safe to share between threads."""
 

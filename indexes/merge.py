@@ -1,7 +1,8 @@
 """Merging segments: live rows of many segments become one, without re-embedding anything.
 
 Postings are re-keyed onto a merged vocabulary with scipy and vectors are copied, so a merge costs
-I/O and (for large segments) an HNSW build, never a model forward pass.
+I/O and (for large segments) an HNSW build, never a model forward pass; chunk tables are copied
+inside SQLite, never through Python objects.
 """
 from __future__ import annotations
 
@@ -11,21 +12,18 @@ import numpy as np
 import scipy.sparse as sp
 
 from indexes.config import DenseConfig
-from indexes.segment import PendingDocument, Segment, write_segment
+from indexes.chunk_store import merge_chunk_stores
+from indexes.segment import Segment, publish_segment
 from indexes.sparse import SparseSegment
 
 
 def merge_segments(segments_dir: Path, segment_id: str, segments: list[Segment],
                    live: list[np.ndarray | None], dense_config: DenseConfig) -> Path:
     vocab: dict[str, int] = {}
-    matrices, lengths, vectors, documents = [], [], [], []
+    matrices, lengths, vectors, sources = [], [], [], []
     for segment, mask in zip(segments, live):
         alive = np.ones(segment.rows, dtype=bool) if mask is None else mask.astype(bool)
-        chunks = segment.store.all_chunks()
-        for entry in segment.documents():
-            if alive[entry.first_row]:
-                rows = chunks[entry.first_row:entry.first_row + entry.rows]
-                documents.append(PendingDocument(entry.doc_id, entry.hash, rows, []))
+        sources.append((segment.folder, alive))
         columns = np.asarray([vocab.setdefault(t, len(vocab)) for t in segment.sparse.vocab], dtype=np.int64)
         matrix = segment.sparse.to_matrix().tocsr()[alive].tocoo()
         matrices.append((matrix.row, columns[matrix.col], matrix.data, matrix.shape[0]))
@@ -40,4 +38,5 @@ def merge_segments(segments_dir: Path, segment_id: str, segments: list[Segment],
     merged = sp.coo_matrix((np.concatenate(data), (np.concatenate(rows), np.concatenate(cols))),
                            shape=(offset, len(vocab))).tocsc()
     sparse = SparseSegment.from_matrix(list(vocab), merged, np.concatenate(lengths))
-    return write_segment(segments_dir, segment_id, documents, sparse, np.concatenate(vectors), dense_config)
+    return publish_segment(segments_dir, segment_id, lambda folder: merge_chunk_stores(folder, sources), sparse,
+                           np.concatenate(vectors), dense_config)

