@@ -40,7 +40,7 @@ async def prepare(state: ServiceState, collection: str, query: str, top_k: int, 
     if top_k > state.settings.max_top_k:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"top_k must be at most {state.settings.max_top_k}")
     try:
-        pipeline = state.pipeline(collection)
+        pipeline = state.pipeline(collection, options.model)
     except CollectionNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     timeout = state.settings.retrieval_timeout_s

@@ -23,7 +23,8 @@ class ServiceSettings(BaseSettings):
     retrieval_timeout_s: float = 10.0
     llm_timeout_s: float = 120.0
     llm_retries: int = 1
-    context_tokens: int = 1500
+    context_tokens: int = 3000
+    local_context_tokens: int = Field(700, description="smaller budget for the in-process CPU model")
     answer_tokens: int = 256
 
     def resolved_database_url(self) -> str:

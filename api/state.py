@@ -82,8 +82,10 @@ class ServiceState:
         for name in self.home.names():
             self.retriever(name).search(RetrievalRequest(query="warm up", top_k=1))
 
-    def pipeline(self, name: str) -> AnswerPipeline:
-        return AnswerPipeline(self.retriever(name), self.settings.context_tokens)
+    def pipeline(self, name: str, model: str) -> AnswerPipeline:
+        local = model.startswith("local/")
+        budget = self.settings.local_context_tokens if local else self.settings.context_tokens
+        return AnswerPipeline(self.retriever(name), budget)
 
     def forget(self, name: str) -> None:
         with self._lock:

@@ -40,7 +40,7 @@ def parse_citations(answer: str, sources: Sequence[Source]) -> list[Citation]:
 
 
 def attribute(answer: str, sources: Sequence[Source], encode: Encode,
-              threshold: float = 0.45) -> tuple[str, list[Citation]]:
+              threshold: float = 0.35) -> tuple[str, list[Citation]]:
     """Add markers to uncited sentences that a source clearly supports; returns the new answer too."""
     citations = parse_citations(answer, sources)
     if citations or not sources or not answer.strip():

@@ -5,10 +5,16 @@ has a single code path whether the model is SmolLM2 on this CPU or a hosted fron
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field
+
+
+# LiteLLM fetches a model price list at import unless told to use its bundled copy; this process
+# may have no network, and a price list is no reason to wait.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
 class LLMOptions(BaseModel):
@@ -49,6 +55,7 @@ def _arguments(options: LLMOptions, messages: list[dict], stream: bool) -> dict:
         from rag.litellm_local import register_local_provider
 
         register_local_provider()
+    litellm.suppress_debug_info = True
     litellm.drop_params = True  # providers that lack a parameter ignore it instead of failing
     arguments = {"model": options.model, "messages": messages, "timeout": options.timeout_s,
                  "num_retries": options.retries, "max_tokens": options.max_tokens,
