@@ -50,8 +50,11 @@ def search(ctx: typer.Context, query: str = typer.Argument(...),
 
 def demo(ctx: typer.Context, docs: Path = typer.Option(Path("data/docs"), help="Folder to index."),
          query: str = typer.Option(DEMO_QUERY, help="Question to retrieve for."),
-         collection: str = typer.Option("demo")) -> None:
-    """The main job on embedded defaults: index the demo corpus, then answer a retrieval query."""
+         collection: str = typer.Option("demo"),
+         serve: bool = typer.Option(True, "--serve/--no-serve", help="Start the REST service afterwards."),
+         port: int = typer.Option(8000, help="Port for the service (loopback only, no key needed).")) -> None:
+    """The main job on embedded defaults: index the demo corpus, answer a retrieval query from the
+    CLI, then serve cited answers over REST on 127.0.0.1."""
     if not docs.is_dir():
         raise fail(f"{docs}: no such folder; run from the repository root or pass --docs PATH")
     home = home_from(ctx)
@@ -72,6 +75,18 @@ def demo(ctx: typer.Context, docs: Path = typer.Option(Path("data/docs"), help="
     out.print(f"collection {collection!r}: {snapshot.manifest.documents} documents, {snapshot.manifest.chunks} chunks, "
               f"generation {snapshot.generation}, home {home.root}")
     show(Retriever(target).search(RetrievalRequest(query=query, top_k=5)))
+    if not serve:
+        return
+    from api.settings import LOCAL_LLM
+    from rag.local_llm import get_local_llm
+
+    err.print(f"loading the embedded LLM {LOCAL_LLM} (the first run converts its GGUF once, ~1 minute)")
+    get_local_llm(LOCAL_LLM.split("/", 1)[1])
+    out.print(f"try:  curl -s localhost:{port}/v1/query -H 'content-type: application/json' "
+              f"-d '{{\"query\": \"{query}\", \"collection\": \"{collection}\"}}'", highlight=False)
+    from api.cli.serve_commands import serve as serve_command
+
+    serve_command(ctx, host="127.0.0.1", port=port, no_auth=True, llm=None, workers=1)
 
 
 def show(result: RetrievalResult) -> None:

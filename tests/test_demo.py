@@ -1,0 +1,45 @@
+"""The README's main job: `mighty demo` indexes data/docs, answers from the CLI, then serves."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+import httpx
+
+from tests.helpers import REPO
+from tests.test_api import _free_port
+
+
+def test_demo_indexes_answers_and_serves_cited_answers(tmp_path):
+    port = _free_port()
+    env = {**os.environ, "MIGHTY_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "COLUMNS": "200",
+           "MIGHTY_ANSWER_TOKENS": "48"}
+    log = open(tmp_path / "demo.log", "w+")
+    process = subprocess.Popen([sys.executable, "-m", "api.cli.main", "demo", "--port", str(port)], cwd=REPO,
+                               env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            assert process.poll() is None, (tmp_path / "demo.log").read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        output = (tmp_path / "demo.log").read_text()
+        assert "31 documents" in output and "docs/" in output  # the CLI retrieval answer
+        curl = re.search(r"curl -s (\S+) -H '([^']+)' -d '([^']+)'", output)
+        assert curl, output
+        response = httpx.post(f"http://{curl.group(1)}", content=curl.group(3),
+                              headers={"content-type": "application/json"}, timeout=600)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["answer"].strip() and body["citations"]
+        assert all((REPO / "data" / c["id"]).exists() for c in body["citations"])
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
