@@ -23,11 +23,13 @@ def llm_options(state: ServiceState, collection: str | None, model: str | None, 
                 temperature: float = 0.0, timeout_s: float | None = None) -> llm.LLMOptions:
     if (api_base or api_key) and not principal.is_admin:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "only admin keys may set api_base or api_key on a request")
-    default = None
-    if collection:
-        default = state.collection(collection).config.default_llm
+    default, default_fallbacks, default_timeout = None, [], None
+    if collection:  # request settings win over the collection's, which win over the server's
+        config = state.collection(collection).config
+        default, default_fallbacks, default_timeout = config.default_llm, config.llm_fallbacks, config.llm_timeout_s
     return llm.LLMOptions(model=model or default or state.settings.default_llm, api_base=api_base, api_key=api_key,
-                          fallbacks=fallbacks or [], timeout_s=timeout_s or state.settings.llm_timeout_s,
+                          fallbacks=fallbacks or default_fallbacks,
+                          timeout_s=timeout_s or default_timeout or state.settings.llm_timeout_s,
                           retries=state.settings.llm_retries, max_tokens=max_tokens or state.settings.answer_tokens,
                           temperature=temperature)
 

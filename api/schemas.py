@@ -17,6 +17,8 @@ class CollectionCreate(BaseModel):
     chunk_overlap: int | None = None
     embedder: str | None = None
     default_llm: str | None = None
+    llm_fallbacks: list[str] = Field(default_factory=list, max_length=5)
+    llm_timeout_s: float | None = Field(None, gt=0, le=600)
 
 
 class DocumentIn(BaseModel):

@@ -37,7 +37,7 @@ from indexes.documents import SourceDocument  # noqa: E402
 from rag.retriever import Retriever  # noqa: E402
 from rag.schemas import RetrievalRequest  # noqa: E402
 
-MSMARCO = Path("/work/shared/benchmarks/msmarco")
+MSMARCO = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "msmarco"
 SEED = 1234
 NOISE_SIGMA = 0.05
 WARMUP = 10
@@ -116,6 +116,24 @@ def overlap(a: list[list[str]], b: list[list[str]]) -> float:
     return round(float(np.mean([len(set(x) & set(y)) / max(1, len(y)) for x, y in zip(a, b)])), 4)
 
 
+def build_synthetic(root: Path, config: CollectionConfig, texts: list[str], vectors: np.ndarray) -> tuple[float, int]:
+    """Index single-chunk documents with precomputed vectors; returns (seconds, chunks written)."""
+    collection = Home(root).create(config)
+    collection.chunker, collection.analyzer  # load tokenizer before timing the build
+    started = time.perf_counter()
+    with collection.writer() as writer:
+        for i, text in enumerate(texts):
+            while True:  # rare docs of long words exceed one 200-token chunk: trim them to stay 1 chunk
+                try:
+                    writer.upsert(SourceDocument(id=f"d{i}", text=texts[i]), vectors=vectors[i:i + 1])
+                    break
+                except ValueError:
+                    texts[i] = " ".join(texts[i].split()[:-10])
+        writer.commit()
+        chunks = writer.report.chunks_written
+    return time.perf_counter() - started, chunks
+
+
 def run_size(n: int, corpus: Corpus, n_queries: int, root: Path, ef_construction: int | None,
              rank_bm25_gib_per_doc: float | None) -> tuple[dict, float | None]:
     """Build, open and query one collection of n single-chunk documents; returns its result dict."""
@@ -135,22 +153,8 @@ def run_size(n: int, corpus: Corpus, n_queries: int, root: Path, ef_construction
     config = CollectionConfig(name=f"scale{n}", dense=dense)
     out["config"] = {"dense": dense.model_dump(), "bm25": config.bm25.model_dump(),
                      "fusion": config.fusion.model_dump()}
-    collection = Home(root).create(config)
-    collection.chunker, collection.analyzer  # load tokenizer before timing the build
-    started = time.perf_counter()
-    with collection.writer() as writer:
-        for i, text in enumerate(texts):
-            while True:  # rare docs of long words exceed one 200-token chunk: trim them to stay 1 chunk
-                try:
-                    writer.upsert(SourceDocument(id=f"d{i}", text=texts[i]), vectors=vectors[i:i + 1])
-                    break
-                except ValueError:
-                    texts[i] = " ".join(texts[i].split()[:-10])
-        writer.commit()
-        chunks = writer.report.chunks_written
-    build_s = time.perf_counter() - started
+    build_s, chunks = build_synthetic(root, config, texts, vectors)
     out["build"] = {"seconds": round(build_s, 1), "chunks": chunks, "chunks_per_s": round(chunks / build_s, 1)}
-    del writer, collection
     gc.collect()
 
     before = rss()

@@ -86,6 +86,8 @@ class CollectionConfig(BaseModel):
     name: str
     owner: str | None = Field(None, description="team that may write it (besides admins)")
     default_llm: str | None = Field(None, description="LiteLLM model string for answers over this collection")
+    llm_fallbacks: list[str] = Field(default_factory=list, description="models LiteLLM tries when the first fails")
+    llm_timeout_s: float | None = Field(None, gt=0, description="per-call model timeout for this collection")
     chunking: ChunkingConfig = ChunkingConfig()
     bm25: BM25Config = BM25Config()
     embedder: EmbedderConfig = EmbedderConfig()

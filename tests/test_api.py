@@ -224,3 +224,19 @@ def test_metrics_count_routes_and_stages(server):
     text = httpx.get(f"{server['base']}/metrics").text
     assert 'mighty_requests_total{method="POST",route="/v1/retrieve",status="200"}' in text
     assert 'mighty_stage_seconds_count{stage="retrieve"}' in text
+
+
+def test_revoked_key_is_refused_and_docs_are_served(server):
+    created = run_mighty(server["home"], "keys", "create", "temp", "--role", "reader")
+    token = created.stdout.strip()
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(f"{server['base']}/v1/collections", headers=headers).status_code == 200
+    listed = run_mighty(server["home"], "keys", "list")
+    key_id = next(line.split()[1] for line in listed.stdout.splitlines() if " temp " in line)
+    assert run_mighty(server["home"], "keys", "revoke", key_id).returncode == 0
+    assert httpx.get(f"{server['base']}/v1/collections", headers=headers).status_code == 401
+    assert run_mighty(server["home"], "keys", "revoke", key_id).returncode == 1
+    assert run_mighty(server["home"], "keys", "create", "x", "--role", "superuser").returncode == 2
+    spec = httpx.get(f"{server['base']}/openapi.json").json()
+    assert {"/v1/query", "/v1/retrieve", "/v1/chat/completions"} <= set(spec["paths"])
+    assert httpx.get(f"{server['base']}/docs").status_code == 200

@@ -61,6 +61,7 @@ def create_collection(body: CollectionCreate, state: ServiceState = Depends(get_
     try:
         chunking = {k: v for k, v in {"size": body.chunk_size, "overlap": body.chunk_overlap}.items() if v is not None}
         config = CollectionConfig(name=body.name, owner=owner, default_llm=body.default_llm,
+                                  llm_fallbacks=body.llm_fallbacks, llm_timeout_s=body.llm_timeout_s,
                                   chunking=ChunkingConfig(**chunking),
                                   embedder=EmbedderConfig(**({"model": body.embedder} if body.embedder else {})))
         return _describe(state.home.create(config))
