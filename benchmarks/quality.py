@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("datasets", nargs="*", type=Path,
                         default=[Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "msmarco"])
     parser.add_argument("--home", type=Path, default=Path(os.environ.get("MIGHTY_HOME", "~/.mighty")).expanduser() / "eval-cache")
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"])
+    parser.add_argument("--backend", default="onnx", choices=["torch", "onnx", "onnx-int8"])
     args = parser.parse_args()
     home = Home(args.home)
     config = CollectionConfig(name="eval", embedder=EmbedderConfig(backend=args.backend))

