@@ -28,6 +28,9 @@ class Job:
     error: str | None = None
 
 
+_KEEP_JOBS = 1000  # finished jobs remembered for status queries (per process)
+
+
 class RateLimiter:
     """Token bucket per key: `per_minute` requests, refilled continuously."""
 
@@ -94,6 +97,9 @@ class ServiceState:
     def submit(self, collection: str, kind: str, work) -> Job:
         job = Job(uuid.uuid4().hex, collection, kind)
         self.jobs[job.id] = job
+        finished = [j for j in self.jobs.values() if j.finished_at is not None]
+        for old in sorted(finished, key=lambda j: j.finished_at)[:max(0, len(finished) - _KEEP_JOBS)]:
+            self.jobs.pop(old.id, None)
 
         def run() -> None:
             job.status = "running"

@@ -55,9 +55,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(home: Path, port: int) -> subprocess.Popen:
+def start_server(home: Path, port: int, workers: int) -> subprocess.Popen:
     env = {**os.environ, "MIGHTY_HOME": str(home), "MIGHTY_RATE_LIMIT_PER_MINUTE": "0"}
-    process = subprocess.Popen([sys.executable, "-m", "api.cli.main", "serve", "--port", str(port)],
+    process = subprocess.Popen([sys.executable, "-m", "api.cli.main", "serve", "--port", str(port),
+                                "--workers", str(workers)],
                                cwd=Path(__file__).resolve().parents[1], env=env)
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -102,12 +103,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--home", type=Path, default=RESULTS / "load-home")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     args = parser.parse_args()
     collection = ensure_collection(args.home, args.chunks)
     queries = [json.loads(line)["text"] for line in
                (Path(__file__).resolve().parents[2] / "shared/benchmarks/msmarco/queries.jsonl").read_text().split("\n") if line]
     port = free_port()
-    server = start_server(args.home, port)
+    server = start_server(args.home, port, args.workers)
     base = f"http://127.0.0.1:{port}"
     try:
         asyncio.run(level(base, collection, 2, 3, queries))  # warm-up
@@ -118,7 +120,8 @@ def main() -> None:
     print(f"{'clients':>8}{'requests':>10}{'errors':>8}{'req/s':>9}{'p50 ms':>10}{'p99 ms':>10}")
     for row in rows:
         print(f"{row['clients']:>8}{row['requests']:>10}{row['errors']:>8}{row['rps']:>9}{row['p50_ms']:>10}{row['p99_ms']:>10}")
-    print(json.dumps({"load": {"chunks": args.chunks, "endpoint": "/v1/retrieve", "mode": "hybrid", "levels": rows}}))
+    print(json.dumps({"load": {"chunks": args.chunks, "endpoint": "/v1/retrieve", "mode": "hybrid",
+                                "workers": args.workers, "levels": rows}}))
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ class OnnxEmbedder:
                     _quantize(source, path)
 
         options = ort.SessionOptions()  # graph optimisations default to ORT_ENABLE_ALL
-        options.intra_op_num_threads = os.cpu_count() or 1
+        options.intra_op_num_threads = int(os.environ.get("MIGHTY_EMBED_THREADS") or os.cpu_count() or 1)
         # InferenceSession.run is thread-safe, so concurrent encode() calls need no lock.
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._inputs = [i.name for i in self._session.get_inputs()]

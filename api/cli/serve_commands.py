@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 
 import typer
 from rich.table import Table
@@ -43,8 +44,15 @@ def serve(ctx: typer.Context, host: str = typer.Option("127.0.0.1"), port: int =
     settings = _settings(ctx, no_auth=no_auth, default_llm=llm)
     err.print(f"Mighty on http://{host}:{port} (docs at /docs; auth {'off' if no_auth else 'on'}; "
               f"home {settings.home})")
-    uvicorn.run(create_app(settings), host=host, port=port, workers=1 if workers < 2 else workers,
-                log_level="warning")
+    if workers < 2:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        return
+    # Worker processes import the app themselves: hand them the settings through the environment,
+    # and split the cores between them instead of letting each embedder claim all of them.
+    os.environ.update({"MIGHTY_HOME": str(settings.home), "MIGHTY_NO_AUTH": str(no_auth).lower(),
+                       "MIGHTY_DEFAULT_LLM": settings.default_llm})
+    os.environ.setdefault("MIGHTY_EMBED_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
 
 
 @keys_app.command("create")
