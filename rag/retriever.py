@@ -9,6 +9,7 @@ import numpy as np
 
 from indexes.collection import Collection
 from indexes.documents import Chunk
+from indexes.query_batcher import QueryBatcher
 from indexes.snapshot import ScoredRow, Snapshot
 from rag.fusion import convex_combination, min_max, reciprocal_rank_fusion
 from rag.schemas import Hit, RetrievalRequest, RetrievalResult, RetrieverRank
@@ -23,18 +24,25 @@ class Retriever:
         self.collection = collection
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
+        self._query_batcher: QueryBatcher | None = None
 
     def embed_query(self, query: str) -> np.ndarray:
         with self._lock:
             if query in self._vectors:
                 self._vectors.move_to_end(query)
                 return self._vectors[query]
-        vector = self.collection.embedder.encode([query])[0]
+        vector = self._batcher().embed(query)
         with self._lock:
             self._vectors[query] = vector
             if len(self._vectors) > _QUERY_CACHE:
                 self._vectors.popitem(last=False)
         return vector
+
+    def _batcher(self) -> QueryBatcher:
+        with self._lock:
+            if self._query_batcher is None:
+                self._query_batcher = QueryBatcher(self.collection.embedder)
+            return self._query_batcher
 
     def search(self, request: RetrievalRequest) -> RetrievalResult:
         config = self.collection.config
