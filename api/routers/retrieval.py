@@ -28,6 +28,9 @@ async def retrieve(body: RetrievalRequest, state: ServiceState = Depends(get_sta
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "'collection' is required")
     if body.top_k > state.settings.max_top_k:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"top_k must be at most {state.settings.max_top_k}")
+    if len(body.query) > state.settings.max_query_chars:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"query is {len(body.query)} characters; the limit is {state.settings.max_query_chars}")
     try:
         retriever = state.retriever(body.collection)
     except CollectionNotFound as exc:
