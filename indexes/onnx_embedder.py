@@ -141,6 +141,7 @@ class OnnxEmbedder:
         cache = _cache_dir(transformer)
         cache.mkdir(parents=True, exist_ok=True)
         path = cache / "model.onnx"
+        self.onnx_path = path  # the file the session runs (the int8 one for onnx-int8)
         with _EXPORT_LOCK:
             if not path.exists():
                 _export(transformer, path)
@@ -148,6 +149,7 @@ class OnnxEmbedder:
                 source, path = path, cache / "model.int8.onnx"
                 if not path.exists():
                     _quantize(source, path)
+                self.onnx_path = path
 
         options = ort.SessionOptions()  # graph optimisations default to ORT_ENABLE_ALL
         options.intra_op_num_threads = int(os.environ.get("MIGHTY_EMBED_THREADS") or os.cpu_count() or 1)

@@ -22,11 +22,12 @@ def test_onnx_backends_agree_with_torch():
 
 
 def test_onnx_export_is_cached():
-    load_embedder(EmbedderConfig(backend="onnx"))
-    (model,) = list((model_cache_dir() / "onnx").glob("*/model.onnx"))
-    before = model.stat().st_mtime_ns
     from indexes.onnx_embedder import OnnxEmbedder
 
-    OnnxEmbedder(EmbedderConfig(backend="onnx", batch_size=8)).encode(["again"])
-    assert model.stat().st_mtime_ns == before
+    model = load_embedder(EmbedderConfig(backend="onnx")).onnx_path
+    assert model.is_relative_to(model_cache_dir() / "onnx") and model.exists()
+    before = model.stat().st_mtime_ns
+    again = OnnxEmbedder(EmbedderConfig(backend="onnx", batch_size=8))
+    again.encode(["again"])
+    assert again.onnx_path == model and model.stat().st_mtime_ns == before
     assert not list(model.parent.glob(".*.tmp"))
