@@ -17,7 +17,7 @@ from indexes.chunking import TokenChunker, load_fast_tokenizer
 from indexes.config import CollectionConfig
 from indexes.durable import atomic_write_text, publish_folder
 from indexes.embedders import Embedder, load_embedder, resolve_model
-from indexes.generations import Manifest, current_generation, read_generation
+from indexes.generations import Manifest, current_generation, list_generations, read_generation
 from indexes.segment import Segment
 from indexes.snapshot import Snapshot
 from indexes.writer import CollectionWriter, ProgressSink
@@ -81,6 +81,17 @@ class Collection:
 
     def writer(self, progress: ProgressSink | None = None, wait: bool = True) -> CollectionWriter:
         return CollectionWriter(self, progress, wait)
+
+    def stats(self) -> dict:
+        """What `mighty index stats` and `GET /v1/collections/{name}` report."""
+        snapshot, config = self.snapshot(), self.config
+        return {"name": self.name, "owner": config.owner, "documents": snapshot.manifest.documents,
+                "chunks": snapshot.manifest.chunks, "generation": snapshot.generation,
+                "generations": len(list_generations(self.folder)), "segments": len(snapshot.segments),
+                "deleted_rows": sum(r.deleted for r in snapshot.manifest.segments),
+                "size_bytes": snapshot.size_on_disk(), "embedder": config.embedder.model,
+                "embedder_backend": config.embedder.backend, "chunk_size": config.chunking.size,
+                "chunk_overlap": config.chunking.overlap, "default_llm": config.default_llm}
 
 
 class Home:

@@ -9,10 +9,10 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from api.cli.context import EXIT_REJECTED, RichProgress, err, fail, home_from, out
+from api.errors import describe
 from indexes.collection import CollectionNotFound
 from indexes.config import ChunkingConfig, CollectionConfig, EmbedderConfig
 from indexes.documents import Rejection
-from indexes.generations import list_generations
 from indexes.readers import read_paths
 
 app = typer.Typer(help="Build and inspect collections.", no_args_is_help=True)
@@ -39,7 +39,7 @@ def add(ctx: typer.Context,
             config = CollectionConfig(name=collection, chunking=chunking,
                                       embedder=EmbedderConfig(**_given(model=embedder, backend=backend)))
         except ValidationError as exc:
-            raise fail(_validation_message(exc)) from None
+            raise fail(describe(exc)) from None
         target = home.open_or_create(config)
     rejections: list[Rejection] = []
     documents = 0
@@ -68,7 +68,7 @@ def add(ctx: typer.Context,
 def delete(ctx: typer.Context, ids: list[str] = typer.Argument(..., help="Document ids."),
            collection: str = typer.Option(..., "--collection", "-c")) -> None:
     """Remove documents (all their chunks) by id."""
-    target = _open(ctx, collection)
+    target = open_collection(ctx, collection)
     with target.writer() as writer:
         for doc_id in ids:
             writer.delete(doc_id)
@@ -84,7 +84,7 @@ def delete(ctx: typer.Context, ids: list[str] = typer.Argument(..., help="Docume
 def list_collections(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
     """Collections in the home folder."""
     home = home_from(ctx)
-    rows = [_stats(home.open(name)) for name in home.names()]
+    rows = [home.open(name).stats() for name in home.names()]
     if as_json:
         out.print_json(json.dumps(rows))
         return
@@ -97,7 +97,7 @@ def list_collections(ctx: typer.Context, as_json: bool = typer.Option(False, "--
 @app.command()
 def stats(ctx: typer.Context, collection: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
     """Documents, chunks, generations, segments, size on disk and embedder of a collection."""
-    row = _stats(_open(ctx, collection))
+    row = open_collection(ctx, collection).stats()
     if as_json:
         out.print_json(json.dumps(row))
         return
@@ -107,18 +107,7 @@ def stats(ctx: typer.Context, collection: str = typer.Argument(...), as_json: bo
     out.print(table)
 
 
-def _stats(collection) -> dict:
-    snapshot = collection.snapshot()
-    config = collection.config
-    return {"name": collection.name, "documents": snapshot.manifest.documents, "chunks": snapshot.manifest.chunks,
-            "generation": snapshot.generation, "generations": len(list_generations(collection.folder)),
-            "segments": len(snapshot.segments), "deleted_rows": sum(r.deleted for r in snapshot.manifest.segments),
-            "size_bytes": snapshot.size_on_disk(), "embedder": config.embedder.model,
-            "embedder_backend": config.embedder.backend, "chunk_size": config.chunking.size,
-            "chunk_overlap": config.chunking.overlap}
-
-
-def _open(ctx: typer.Context, name: str):
+def open_collection(ctx: typer.Context, name: str):
     try:
         return home_from(ctx).open(name)
     except CollectionNotFound as exc:
@@ -128,6 +117,3 @@ def _open(ctx: typer.Context, name: str):
 def _given(**values) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
-
-def _validation_message(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())

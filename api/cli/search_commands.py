@@ -8,7 +8,8 @@ import typer
 from pydantic import ValidationError
 
 from api.cli.context import RichProgress, err, fail, home_from, out
-from api.cli.index_commands import _open, _validation_message
+from api.cli.index_commands import open_collection
+from api.errors import describe
 from indexes.config import CollectionConfig
 from indexes.documents import Rejection
 from indexes.readers import read_paths
@@ -37,9 +38,9 @@ def search(ctx: typer.Context, query: str = typer.Argument(...),
     except json.JSONDecodeError as exc:
         raise fail(f"--filter is not valid JSON ({exc.msg} at column {exc.colno})") from None
     except ValidationError as exc:
-        raise fail(_validation_message(exc)) from None
+        raise fail(describe(exc)) from None
     try:
-        result = Retriever(_open(ctx, collection)).search(request)
+        result = Retriever(open_collection(ctx, collection)).search(request)
     except ValueError as exc:  # a filter the store cannot express
         raise fail(str(exc)) from None
     if as_json:
@@ -61,7 +62,7 @@ def demo(ctx: typer.Context, docs: Path = typer.Option(Path("data/docs"), help="
     try:
         target = home.open_or_create(CollectionConfig(name=collection))
     except ValidationError as exc:
-        raise fail(_validation_message(exc)) from None
+        raise fail(describe(exc)) from None
     with RichProgress() as progress, target.writer(progress) as writer:
         progress.start(f"indexing {docs}", None)
         for item in read_paths([str(docs)], target.config.max_document_bytes):

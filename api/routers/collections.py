@@ -10,13 +10,13 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from api.dependencies import get_principal, get_state, require_writer
+from api.errors import describe
 from api.keys import Principal
 from api.schemas import CollectionCreate, DocumentBatch, JobOut
 from api.state import Job, ServiceState
 from indexes.collection import CollectionExists, CollectionNotFound
 from indexes.config import ChunkingConfig, CollectionConfig, EmbedderConfig
 from indexes.documents import Rejection, SourceDocument
-from indexes.generations import list_generations
 from indexes.readers import read_paths
 
 router = APIRouter(prefix="/v1", tags=["collections"])
@@ -38,18 +38,9 @@ def _writable(state: ServiceState, name: str, principal: Principal):
     return collection
 
 
-def _describe(collection) -> dict:
-    snapshot = collection.snapshot()
-    return {"name": collection.name, "owner": collection.config.owner, "documents": snapshot.manifest.documents,
-            "chunks": snapshot.manifest.chunks, "generation": snapshot.generation,
-            "generations": len(list_generations(collection.folder)), "segments": len(snapshot.segments),
-            "size_bytes": snapshot.size_on_disk(), "embedder": collection.config.embedder.model,
-            "default_llm": collection.config.default_llm}
-
-
 @router.get("/collections")
 def list_collections(state: ServiceState = Depends(get_state), _: Principal = Depends(get_principal)) -> list[dict]:
-    return [_describe(state.collection(name)) for name in state.home.names()]
+    return [state.collection(name).stats() for name in state.home.names()]
 
 
 @router.post("/collections", status_code=status.HTTP_201_CREATED)
@@ -64,16 +55,16 @@ def create_collection(body: CollectionCreate, state: ServiceState = Depends(get_
                                   llm_fallbacks=body.llm_fallbacks, llm_timeout_s=body.llm_timeout_s,
                                   chunking=ChunkingConfig(**chunking),
                                   embedder=EmbedderConfig(**({"model": body.embedder} if body.embedder else {})))
-        return _describe(state.home.create(config))
+        return state.home.create(config).stats()
     except ValidationError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, _messages(exc)) from None
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, describe(exc)) from None
     except CollectionExists as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
 
 
 @router.get("/collections/{name}")
 def get_collection(name: str, state: ServiceState = Depends(get_state), _: Principal = Depends(get_principal)) -> dict:
-    return _describe(_open(state, name))
+    return _open(state, name).stats()
 
 
 @router.delete("/collections/{name}")
@@ -151,6 +142,3 @@ def _job(job: Job) -> JobOut:
     return JobOut(id=job.id, collection=job.collection, kind=job.kind, status=job.status, result=job.result,
                   error=job.error)
 
-
-def _messages(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
