@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 from fastapi import HTTPException, status
-from fastapi.concurrency import run_in_threadpool, iterate_in_threadpool
+from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from api.keys import Principal
 from api.metrics import STAGE_SECONDS
@@ -15,6 +16,8 @@ from indexes.collection import CollectionNotFound
 from rag import llm
 from rag.pipeline import AnswerPipeline, AnswerResponse, Prepared
 from rag.schemas import Filters, Mode
+
+T = TypeVar("T")
 
 
 def llm_options(state: ServiceState, collection: str | None, model: str | None, principal: Principal, *,
@@ -34,27 +37,36 @@ def llm_options(state: ServiceState, collection: str | None, model: str | None, 
                           temperature=temperature)
 
 
-async def prepare(state: ServiceState, collection: str, query: str, top_k: int, mode: Mode,
-                  filters: Filters | None, options: llm.LLMOptions) -> tuple[AnswerPipeline, Prepared]:
+def check_limits(state: ServiceState, query: str, top_k: int) -> None:
+    """The server's own bounds, which may be tighter than the schema's."""
     if len(query) > state.settings.max_query_chars:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             f"query is {len(query)} characters; the limit is {state.settings.max_query_chars}")
     if top_k > state.settings.max_top_k:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"top_k must be at most {state.settings.max_top_k}")
+
+
+async def retrieve_in_time(state: ServiceState, search: Callable[..., T], *args) -> T:
+    """Run a retrieval off the event loop under the retrieval timeout (504 naming the stage)."""
+    timeout = state.settings.retrieval_timeout_s
+    try:
+        with STAGE_SECONDS.labels("retrieve").time():
+            return await asyncio.wait_for(run_in_threadpool(search, *args), timeout)
+    except TimeoutError:
+        raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT,
+                            {"stage": "retrieval", "message": f"retrieval took longer than {timeout:g}s"}) from None
+    except ValueError as exc:  # a filter the store cannot express
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+
+
+async def prepare(state: ServiceState, collection: str, query: str, top_k: int, mode: Mode,
+                  filters: Filters | None, options: llm.LLMOptions) -> tuple[AnswerPipeline, Prepared]:
+    check_limits(state, query, top_k)
     try:
         pipeline = state.pipeline(collection, options.model)
     except CollectionNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-    timeout = state.settings.retrieval_timeout_s
-    try:
-        with STAGE_SECONDS.labels("retrieve").time():
-            retrieval = await asyncio.wait_for(
-                run_in_threadpool(pipeline.retrieve, query, top_k, mode, filters), timeout)
-    except TimeoutError:
-        raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT,
-                            {"stage": "retrieval", "message": f"retrieval took longer than {timeout:g}s"}) from None
-    except ValueError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    retrieval = await retrieve_in_time(state, pipeline.retrieve, query, top_k, mode, filters)
     return pipeline, await run_in_threadpool(pipeline.prepare, query, retrieval, options)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from indexes.analyzer import Analyzer
 from indexes.chunking import TokenChunker, load_fast_tokenizer
 from indexes.config import CollectionConfig
-from indexes.durable import atomic_write_text, publish_folder
+from indexes.durable import publish_folder
 from indexes.embedders import Embedder, load_embedder, resolve_model
 from indexes.generations import Manifest, current_generation, list_generations, read_generation
 from indexes.segment import Segment
@@ -155,7 +155,3 @@ class Home:
         with self._lock:
             self._open.pop(name, None)
         shutil.rmtree(graveyard, ignore_errors=True)
-
-    def update_config(self, collection: Collection, config: CollectionConfig) -> None:
-        atomic_write_text(collection.folder / "collection.json", config.model_dump_json(indent=2))
-        collection.config = config

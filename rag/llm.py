@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field
@@ -69,15 +70,24 @@ def _arguments(options: LLMOptions, messages: list[dict], stream: bool) -> dict:
     return arguments
 
 
-def complete(options: LLMOptions, messages: list[dict]) -> Completion:
+@contextmanager
+def _model_errors(options: LLMOptions):
+    """LiteLLM's timeout and API errors as ours, naming the model."""
     import litellm
 
     try:
-        response = litellm.completion(**_arguments(options, messages, stream=False))
+        yield
     except litellm.Timeout as exc:
         raise LLMTimeout(f"model {options.model!r} did not answer within {options.timeout_s:g}s") from exc
     except litellm.APIError as exc:
         raise LLMError(f"model {options.model!r} failed: {exc}") from exc
+
+
+def complete(options: LLMOptions, messages: list[dict]) -> Completion:
+    import litellm
+
+    with _model_errors(options):
+        response = litellm.completion(**_arguments(options, messages, stream=False))
     choice = response.choices[0]
     usage = getattr(response, "usage", None)
     return Completion(choice.message.content or "", response.model or options.model,
@@ -89,12 +99,8 @@ def stream(options: LLMOptions, messages: list[dict]) -> Iterator[str]:
     """Text deltas as the model produces them."""
     import litellm
 
-    try:
+    with _model_errors(options):
         for chunk in litellm.completion(**_arguments(options, messages, stream=True)):
             delta = chunk.choices[0].delta.content if chunk.choices else None
             if delta:
                 yield delta
-    except litellm.Timeout as exc:
-        raise LLMTimeout(f"model {options.model!r} did not answer within {options.timeout_s:g}s") from exc
-    except litellm.APIError as exc:
-        raise LLMError(f"model {options.model!r} failed: {exc}") from exc

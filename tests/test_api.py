@@ -6,20 +6,12 @@ import os
 import re
 import shutil
 import socket
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 
-from tests.helpers import REPO, run_mighty
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.helpers import REPO, free_port, run_mighty, start_server
 
 
 @pytest.fixture(scope="module")
@@ -31,22 +23,10 @@ def server(demo_home, tmp_path_factory):
         created = run_mighty(home, "keys", "create", name, "--role", role)
         assert created.returncode == 0, created.stderr
         keys[role] = created.stdout.strip()
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MIGHTY_HOME": str(home), "HF_HUB_OFFLINE": "1", "MIGHTY_ANSWER_TOKENS": "48"}
-    process = subprocess.Popen([sys.executable, "-m", "api.cli.main", "serve", "--port", str(port), "--auth"],
-                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = start_server(["serve", "--port", str(port), "--auth"], port, env, home.parent / "server.log", 240)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-        assert process.poll() is None, process.stdout.read()
-    else:
-        process.kill()
-        pytest.fail("server did not start within 240 s")
     yield {"base": base, "keys": keys, "home": home}
     process.terminate()
     process.wait(timeout=30)

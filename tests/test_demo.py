@@ -3,32 +3,18 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-import time
 
 import httpx
 
-from tests.helpers import REPO
-from tests.test_api import _free_port
+from tests.helpers import REPO, free_port, start_server
 
 
 def test_demo_indexes_answers_and_serves_cited_answers(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MIGHTY_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "COLUMNS": "200",
            "MIGHTY_ANSWER_TOKENS": "48"}
-    log = open(tmp_path / "demo.log", "w+")
-    process = subprocess.Popen([sys.executable, "-m", "api.cli.main", "demo", "--port", str(port)], cwd=REPO,
-                               env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    process = start_server(["demo", "--port", str(port)], port, env, tmp_path / "demo.log", 600)
     try:
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            assert process.poll() is None, (tmp_path / "demo.log").read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(1)
         output = (tmp_path / "demo.log").read_text()
         assert "31 documents" in output and "docs/" in output  # the CLI retrieval answer
         curl = re.search(r"curl -s (\S+) -H '([^']+)' -d '([^']+)'", output)
@@ -42,4 +28,3 @@ def test_demo_indexes_answers_and_serves_cited_answers(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
-        log.close()

@@ -10,10 +10,11 @@ from rich.table import Table
 
 from api.cli.context import EXIT_REJECTED, RichProgress, err, fail, home_from, out
 from api.errors import describe
-from indexes.collection import CollectionNotFound
+from indexes.collection import Collection, CollectionNotFound
 from indexes.config import ChunkingConfig, CollectionConfig, EmbedderConfig
 from indexes.documents import Rejection
 from indexes.readers import read_paths
+from indexes.writer import WriteReport
 
 app = typer.Typer(help="Build and inspect collections.", no_args_is_help=True)
 
@@ -41,20 +42,7 @@ def add(ctx: typer.Context,
         except ValidationError as exc:
             raise fail(describe(exc)) from None
         target = home.open_or_create(config)
-    rejections: list[Rejection] = []
-    documents = 0
-    with RichProgress() as progress, target.writer(progress) as writer:
-        progress.start("reading and chunking", None)
-        for item in read_paths(paths, target.config.max_document_bytes, stdin=sys.stdin):
-            if isinstance(item, Rejection):
-                rejections.append(item)
-                err.print(f"[red]rejected[/] {item}", highlight=False)
-                continue
-            writer.upsert(item)
-            documents += 1
-            progress.advance(1)
-        writer.commit()
-        report = writer.report
+    report, rejections = ingest(target, paths, "reading and chunking")
     out.print(f"{collection}: {report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
               f"{report.chunks_written} chunks written, {len(rejections)} rejected"
               + (f"; generation {report.generation}" if report.generation else "; nothing changed"))
@@ -105,6 +93,22 @@ def stats(ctx: typer.Context, collection: str = typer.Argument(...), as_json: bo
     for key, value in row.items():
         table.add_row(key, str(value))
     out.print(table)
+
+
+def ingest(target: Collection, paths: list[str], label: str) -> tuple[WriteReport, list[Rejection]]:
+    """Read, upsert and commit with progress bars; rejections are printed as they happen."""
+    rejections: list[Rejection] = []
+    with RichProgress() as progress, target.writer(progress) as writer:
+        progress.start(label, None)
+        for item in read_paths(paths, target.config.max_document_bytes, stdin=sys.stdin):
+            if isinstance(item, Rejection):
+                rejections.append(item)
+                err.print(f"[red]rejected[/] {item}", highlight=False)
+                continue
+            writer.upsert(item)
+            progress.advance(1)
+        writer.commit()
+        return writer.report, rejections
 
 
 def open_collection(ctx: typer.Context, name: str):

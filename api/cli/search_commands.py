@@ -7,12 +7,10 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 
-from api.cli.context import RichProgress, err, fail, home_from, out
-from api.cli.index_commands import open_collection
+from api.cli.context import err, fail, home_from, out
+from api.cli.index_commands import ingest, open_collection
 from api.errors import describe
 from indexes.config import CollectionConfig
-from indexes.documents import Rejection
-from indexes.readers import read_paths
 from rag.retriever import Retriever
 from rag.schemas import RetrievalRequest, RetrievalResult
 
@@ -63,15 +61,7 @@ def demo(ctx: typer.Context, docs: Path = typer.Option(Path("data/docs"), help="
         target = home.open_or_create(CollectionConfig(name=collection))
     except ValidationError as exc:
         raise fail(describe(exc)) from None
-    with RichProgress() as progress, target.writer(progress) as writer:
-        progress.start(f"indexing {docs}", None)
-        for item in read_paths([str(docs)], target.config.max_document_bytes):
-            if isinstance(item, Rejection):
-                err.print(f"[red]rejected[/] {item}", highlight=False)
-            else:
-                writer.upsert(item)
-                progress.advance(1)
-        writer.commit()
+    ingest(target, [str(docs)], f"indexing {docs}")
     snapshot = target.snapshot()
     out.print(f"collection {collection!r}: {snapshot.manifest.documents} documents, {snapshot.manifest.chunks} chunks, "
               f"generation {snapshot.generation}, home {home.root}")

@@ -1,17 +1,15 @@
 """POST /v1/retrieve and POST /v1/query (JSON or server-sent events)."""
 from __future__ import annotations
 
-import asyncio
 import json
 
 from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from api.answering import complete, llm_options, prepare, stream_tokens
+from api.answering import check_limits, complete, llm_options, prepare, retrieve_in_time, stream_tokens
 from api.dependencies import get_principal, get_state
 from api.keys import Principal
-from api.metrics import STAGE_SECONDS
 from api.schemas import QueryRequest
 from api.state import ServiceState
 from indexes.collection import CollectionNotFound
@@ -26,24 +24,12 @@ async def retrieve(body: RetrievalRequest, state: ServiceState = Depends(get_sta
                    _: Principal = Depends(get_principal)) -> RetrievalResult:
     if not body.collection:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "'collection' is required")
-    if body.top_k > state.settings.max_top_k:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"top_k must be at most {state.settings.max_top_k}")
-    if len(body.query) > state.settings.max_query_chars:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            f"query is {len(body.query)} characters; the limit is {state.settings.max_query_chars}")
+    check_limits(state, body.query, body.top_k)
     try:
         retriever = state.retriever(body.collection)
     except CollectionNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-    timeout = state.settings.retrieval_timeout_s
-    try:
-        with STAGE_SECONDS.labels("retrieve").time():
-            return await asyncio.wait_for(run_in_threadpool(retriever.search, body), timeout)
-    except TimeoutError:
-        raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT,
-                            {"stage": "retrieval", "message": f"retrieval took longer than {timeout:g}s"}) from None
-    except ValueError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    return await retrieve_in_time(state, retriever.search, body)
 
 
 @router.post("/query", response_model=AnswerResponse)
