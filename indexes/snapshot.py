@@ -138,6 +138,20 @@ class Snapshot:
             out[chosen] = score(self.segments[int(position)], rows[chosen])
         return out
 
+    def centroid(self) -> np.ndarray | None:
+        """The unit-length mean of the live chunk vectors: where the collection sits in embedding space."""
+        total, count = None, 0
+        for segment, live in zip(self.segments, self.live):
+            vectors = segment.dense.vectors if live is None else segment.dense.vectors[live.astype(bool)]
+            if len(vectors):
+                part = vectors.sum(axis=0, dtype=np.float64)
+                total = part if total is None else total + part
+                count += len(vectors)
+        if total is None:
+            return None
+        norm = np.linalg.norm(total)
+        return (total / norm).astype(np.float32) if norm > 0 else None
+
     def chunks(self, hits: list[ScoredRow]) -> list[Chunk]:
         by_segment: dict[int, list[int]] = {}
         for hit in hits:

@@ -20,6 +20,11 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 Encode = Callable[[Sequence[str]], np.ndarray]
 
 
+def split_sentences(text: str) -> list[str]:
+    """Sentences of a short generated text (split after . ! ? followed by white space)."""
+    return [s.strip() for s in _SENTENCE.split(text.strip()) if s.strip()]
+
+
 @dataclass(frozen=True)
 class Citation:
     source: Source
@@ -45,7 +50,7 @@ def attribute(answer: str, sources: Sequence[Source], encode: Encode,
     citations = parse_citations(answer, sources)
     if citations or not sources or not answer.strip():
         return answer, citations
-    sentences = [s for s in _SENTENCE.split(answer.strip()) if s]
+    sentences = split_sentences(answer)
     vectors = encode([*sentences, *(s.text for s in sources)])
     similarity = vectors[:len(sentences)] @ vectors[len(sentences):].T
     marked, found = [], {}

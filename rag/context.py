@@ -20,7 +20,7 @@ class Source:
     text: str
     span: tuple[int, int]
     score: float
-    kind: str = "chunk"  # "chunk" from a collection, "card" for expert-card knowledge (later)
+    kind: str = "chunk"  # "chunk" from a collection, "card" for expert-card knowledge (id = card:name@version)
     metadata: dict[str, Any] = field(default_factory=dict)
 
 

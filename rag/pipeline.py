@@ -6,8 +6,8 @@ stage timed out) and stream tokens between `prepare` and `finish`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 from pydantic import BaseModel, Field
 
@@ -38,6 +38,8 @@ class AnswerResponse(BaseModel):
     collection: str
     generation: int
     usage: dict[str, int] = Field(default_factory=dict)
+    cards: dict | None = Field(None, description="expert cards considered for this answer, why, and what "
+                                                 "their selectors kept or dropped")
     timings: dict[str, float] = Field(default_factory=dict, description="milliseconds per stage")
 
 
@@ -48,6 +50,7 @@ class Prepared:
     messages: list[dict]
     options: llm.LLMOptions
     timings: dict[str, float] = field(default_factory=dict)
+    cards: dict | None = None
 
 
 class AnswerPipeline:
@@ -58,12 +61,17 @@ class AnswerPipeline:
     def retrieve(self, query: str, top_k: int, mode: Mode = "hybrid", filters: Filters | None = None) -> RetrievalResult:
         return self.retriever.search(RetrievalRequest(query=query, top_k=top_k, mode=mode, filters=filters))
 
-    def prepare(self, query: str, retrieval: RetrievalResult, options: llm.LLMOptions) -> Prepared:
+    def count_tokens(self, text: str) -> int:
+        return len(self.retriever.collection.chunker.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def prepare(self, query: str, retrieval: RetrievalResult, options: llm.LLMOptions,
+                knowledge: Sequence[Source] = (), cards: dict | None = None) -> Prepared:
+        """Retrieved chunks fill the budget left after expert-card knowledge, and are numbered first."""
         started = time.perf_counter()
-        tokenizer = self.retriever.collection.chunker.tokenizer
-        sources = assemble(retrieval.hits, self.context_tokens,
-                           lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids))
-        prepared = Prepared(retrieval, sources, answer_messages(query, sources), options)
+        reserved = sum(self.count_tokens(s.text) + 16 for s in knowledge)
+        sources = assemble(retrieval.hits, max(self.context_tokens - reserved, 0), self.count_tokens)
+        sources += [replace(s, number=len(sources) + i + 1) for i, s in enumerate(knowledge)]
+        prepared = Prepared(retrieval, sources, answer_messages(query, sources), options, cards=cards)
         prepared.timings = {"retrieve": retrieval.timings_ms.get("total", 0.0), "assemble": _ms(started)}
         return prepared
 
@@ -92,7 +100,7 @@ class AnswerPipeline:
             sources=[_citation(Citation(s)) for s in prepared.sources],
             model=completion.model if completion else prepared.options.model,
             collection=prepared.retrieval.collection, generation=prepared.retrieval.generation,
-            usage=usage, timings=prepared.timings)
+            usage=usage, cards=prepared.cards, timings=prepared.timings)
 
     def answer(self, query: str, options: llm.LLMOptions, top_k: int = 5, mode: Mode = "hybrid",
                filters: Filters | None = None) -> AnswerResponse:

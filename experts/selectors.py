@@ -1,0 +1,151 @@
+"""The three knowledge selectors of Knowledge Card (Feng et al., ICLR 2024): relevance, pruning, factuality.
+
+A small card writes fluent text that can be off-topic, long-winded or wrong. Each selector removes
+one of those failures before anything reaches the large model, and reports what it removed so a
+client can see why a card's knowledge was (or was not) used. All three work on embeddings from one
+`encode` callable (normalised vectors, so a dot product is a cosine).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from rag.citations import split_sentences
+
+Encode = Callable[[Sequence[str]], np.ndarray]
+CountTokens = Callable[[str], int]
+
+
+class SelectorSettings(BaseModel):
+    """Knobs of the three selectors; the server has defaults and a request may override them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    relevance_keep: int = Field(2, ge=1, le=16, description="passages kept per card, best first")
+    relevance_min: float = Field(0.25, ge=-1, le=1, description="passages less similar to the query are dropped")
+    prune_tokens: int = Field(120, ge=16, le=2000, description="token budget of one card's knowledge")
+    factuality: bool = Field(True, description="drop sentences no evidence supports")
+    factuality_min: float = Field(0.6, ge=-1, le=1, description="similarity an evidence text must reach")
+    factuality_names: bool = Field(True, description="numbers and names in a sentence must also appear in "
+                                                     "the evidence that supports it")
+
+
+@dataclass
+class RelevanceReport:
+    scores: list[float]
+    kept: int
+    dropped: int
+
+
+@dataclass
+class PruningReport:
+    sentences_in: int
+    sentences_kept: int
+    duplicates: int
+    tokens: int
+
+
+@dataclass
+class FactualityReport:
+    checked: int
+    supported: int
+    unsupported: int
+    dropped_sentences: list[str] = field(default_factory=list)
+    support: list[float] = field(default_factory=list)
+
+
+def select_relevant(query: str, passages: Sequence[str], encode: Encode,
+                    settings: SelectorSettings) -> tuple[list[tuple[str, float]], RelevanceReport]:
+    """The passages most similar to the query, best first, at most `relevance_keep`."""
+    if not passages:
+        return [], RelevanceReport([], 0, 0)
+    vectors = encode([query, *passages])
+    scores = vectors[1:] @ vectors[0]
+    order = sorted(range(len(passages)), key=lambda i: -scores[i])
+    kept = [(passages[i], float(scores[i])) for i in order if scores[i] >= settings.relevance_min]
+    kept = kept[:settings.relevance_keep]
+    return kept, RelevanceReport([round(float(s), 4) for s in scores], len(kept), len(passages) - len(kept))
+
+
+def prune(query: str, passages: Sequence[str], encode: Encode, count_tokens: CountTokens,
+          settings: SelectorSettings, duplicate_at: float = 0.92) -> tuple[list[str], PruningReport]:
+    """Extractive pruning: the most query-relevant sentences that fit the budget, in reading order.
+
+    Near-duplicate sentences (several passages often repeat one claim) are kept once.
+    """
+    sentences = [s for passage in passages for s in split_sentences(passage)]
+    if not sentences:
+        return [], PruningReport(0, 0, 0, 0)
+    vectors = encode([query, *sentences])
+    relevance = vectors[1:] @ vectors[0]
+    chosen: list[int] = []
+    used, duplicates = 0, 0
+    for i in sorted(range(len(sentences)), key=lambda i: -relevance[i]):
+        if chosen and float(np.max(vectors[1:][chosen] @ vectors[1 + i])) >= duplicate_at:
+            duplicates += 1
+            continue
+        cost = count_tokens(sentences[i])
+        if used + cost > settings.prune_tokens:
+            continue
+        chosen.append(i)
+        used += cost
+    kept = [sentences[i] for i in sorted(chosen)]
+    return kept, PruningReport(len(sentences), len(kept), duplicates, used)
+
+
+def check_facts(sentences: Sequence[str], evidence: Sequence[str], encode: Encode,
+                settings: SelectorSettings) -> tuple[list[str], FactualityReport]:
+    """Keep a sentence only if some evidence text (a retrieved passage or one of its sentences) is
+    similar enough to it; with no evidence at all nothing can be verified, so nothing is kept."""
+    if not settings.factuality:
+        return list(sentences), FactualityReport(len(sentences), len(sentences), 0)
+    if not sentences:
+        return [], FactualityReport(0, 0, 0)
+    units = _evidence_units(evidence)
+    if not units:
+        return [], FactualityReport(len(sentences), 0, len(sentences), list(sentences), [0.0] * len(sentences))
+    vectors = encode([*sentences, *units])
+    similarity = vectors[:len(sentences)] @ vectors[len(sentences):].T
+    support = similarity.max(axis=1)
+    kept, dropped = [], []
+    for i, sentence in enumerate(sentences):
+        backing = [units[j] for j in np.flatnonzero(similarity[i] >= settings.factuality_min)]
+        grounded = bool(backing) and (not settings.factuality_names or _names_grounded(sentence, backing))
+        (kept if grounded else dropped).append(sentence)
+    return kept, FactualityReport(len(sentences), len(kept), len(dropped), dropped,
+                                  [round(float(s), 4) for s in support])
+
+
+_NUMBER = re.compile(r"\d[\d,.]*\d|\d")
+_WORD = re.compile(r"[A-Za-z][A-Za-z'-]+")
+
+
+def _names(sentence: str) -> set[str]:
+    """Numbers and capitalised words after the first word: what a fluent but wrong sentence gets wrong.
+
+    Embedding similarity alone scores "built in Rome in 1920" as close to "completed in 1889 in
+    Paris"; requiring the names and numbers to occur in the supporting text catches that."""
+    numbers = {n.strip(".,") for n in _NUMBER.findall(sentence)}
+    words = _WORD.findall(sentence)[1:]
+    return numbers | {w.lower() for w in words if w[0].isupper()}
+
+
+def _names_grounded(sentence: str, backing: Sequence[str]) -> bool:
+    evidence = " ".join(backing).lower()
+    return all(name.lower() in evidence for name in _names(sentence))
+
+
+def _evidence_units(evidence: Sequence[str]) -> list[str]:
+    """Whole passages and their single sentences: a claim may match one sentence better than a page."""
+    units: list[str] = []
+    for text in evidence:
+        if text.strip():
+            units.append(text)
+            sentences = split_sentences(text)
+            if len(sentences) > 1:
+                units.extend(sentences)
+    return list(dict.fromkeys(units))

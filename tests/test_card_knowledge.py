@@ -1,0 +1,160 @@
+"""Card knowledge for the black-box path: selectors on crafted passages, routing, writing, the whole stage."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from experts.card_knowledge import CardChoiceError, CardKnowledge
+from experts.knowledge import KnowledgeWriter
+from experts.manifest import CardManifest, load_manifest
+from experts.routing import CardRouter
+from experts.selectors import SelectorSettings, check_facts, prune, select_relevant
+from tests.card_factory import make_card
+
+EVIDENCE = ["The Eiffel Tower is in Paris. It was completed in 1889 for the World's Fair, and it is 330 metres tall.",
+            "Paris is the capital of France."]
+
+
+@pytest.fixture(scope="module")
+def encode():
+    from indexes.config import EmbedderConfig
+    from indexes.embedders import load_embedder
+
+    embedder = load_embedder(EmbedderConfig())
+    return lambda texts: embedder.encode(list(texts))
+
+
+@dataclass
+class Card:
+    manifest: CardManifest
+    path: Path
+
+
+class Cards:
+    """The registry's read side, in memory."""
+
+    def __init__(self, cards: list[Card]) -> None:
+        self.cards = {c.manifest.name: c for c in cards}
+
+    def active_cards(self) -> list[Card]:
+        return list(self.cards.values())
+
+    def get(self, name: str, version: str | None = None) -> Card:
+        if name not in self.cards:
+            raise LookupError(name)
+        return self.cards[name]
+
+
+def test_factuality_drops_an_unsupported_sentence_and_keeps_a_supported_one(encode):
+    supported, off_topic, wrong_facts = ("The Eiffel Tower was finished in 1889.",
+                                         "Bananas are the main export of Iceland's volcano farms.",
+                                         "The Eiffel Tower was built in Rome in 1920.")
+    kept, report = check_facts([supported, off_topic, wrong_facts], EVIDENCE, encode, SelectorSettings())
+    assert kept == [supported]
+    assert report.unsupported == 2 and set(report.dropped_sentences) == {off_topic, wrong_facts}
+    assert report.support[0] > report.support[1]
+
+
+def test_factuality_without_evidence_keeps_nothing_unless_switched_off(encode):
+    sentences = ["The Eiffel Tower was finished in 1889."]
+    assert check_facts(sentences, [], encode, SelectorSettings())[0] == []
+    assert check_facts(sentences, [], encode, SelectorSettings(factuality=False))[0] == sentences
+
+
+def test_relevance_keeps_the_best_passages_above_the_floor(encode):
+    passages = ["Startups need cofounders who can build things.", "The Eiffel Tower was completed in 1889 in Paris.",
+                "Iron lattice towers were popular in the nineteenth century."]
+    kept, report = select_relevant("When was the Eiffel Tower built?", passages, encode,
+                                   SelectorSettings(relevance_keep=1))
+    assert [text for text, _ in kept] == [passages[1]]
+    assert report.kept == 1 and report.dropped == 2
+    none_kept, _ = select_relevant("When was the Eiffel Tower built?", passages[:1], encode,
+                                   SelectorSettings(relevance_min=0.5))
+    assert none_kept == []
+
+
+def test_pruning_keeps_relevant_sentences_within_budget_in_reading_order(encode):
+    passage = ("Many tourists buy ice cream nearby. The Eiffel Tower was completed in 1889. "
+               "It is made of wrought iron. The Eiffel Tower was completed in 1889.")
+    words = lambda text: len(text.split())  # noqa: E731 - a token counter for the test
+    kept, report = prune("When was the Eiffel Tower completed, and what is it made of?", [passage], encode, words,
+                         SelectorSettings(prune_tokens=16))
+    assert kept == ["The Eiffel Tower was completed in 1889.", "It is made of wrought iron."]
+    assert report.duplicates == 1 and report.tokens <= 16 and report.sentences_in == 4
+
+
+@pytest.fixture(scope="module")
+def essay_card(tmp_path_factory) -> Card:
+    folder = make_card(tmp_path_factory.mktemp("cards") / "essays")
+    return Card(load_manifest(folder), folder)
+
+
+@pytest.fixture(scope="module")
+def cooking_card(tmp_path_factory) -> Card:
+    folder = make_card(tmp_path_factory.mktemp("cards") / "cooking", "cooking", description="Recipes for bread, "
+                       "pastry and baking temperatures", domain="baking", owner="kitchen", seed=1)
+    return Card(load_manifest(folder), folder)
+
+
+def test_routing_consults_only_cards_that_fit_the_query(encode, essay_card, cooking_card):
+    router = CardRouter(encode, centroid=lambda card: None, threshold=0.3, max_cards=2)
+    decisions = {d.card: d for d in router.route("How long should I bake sourdough bread?", [essay_card, cooking_card])}
+    assert decisions["cooking"].selected and not decisions["essays"].selected
+    assert "below the routing threshold" in decisions["essays"].reason
+    assert decisions["cooking"].description_similarity > decisions["essays"].description_similarity
+    one = CardRouter(encode, centroid=lambda card: None, threshold=-1.0, max_cards=1)
+    assert sum(d.selected for d in one.route("bread", [essay_card, cooking_card])) == 1
+
+
+def test_routing_uses_the_corpus_centroid_when_it_fits_better(encode, essay_card):
+    centroid = encode(["How to bake sourdough bread at home"])[0]
+    router = CardRouter(encode, centroid=lambda card: centroid, threshold=0.5)
+    (decision,) = router.route("baking sourdough bread", [essay_card])
+    assert decision.selected and decision.centroid_similarity > decision.description_similarity
+    assert "corpus centroid" in decision.reason
+
+
+def test_writer_batches_k_passages_and_caches_by_query_and_version(essay_card):
+    writer = KnowledgeWriter()
+    first = writer.write(essay_card, "Why do startups need cofounders?")
+    assert not first.cached and 1 <= len(first.passages) <= essay_card.manifest.generation.passages
+    assert all(isinstance(p, str) and p for p in first.passages)
+    again = writer.write(essay_card, "Why do startups need cofounders?")
+    assert again.cached and again.passages == first.passages
+    fresh = KnowledgeWriter().write(essay_card, "Why do startups need cofounders?")
+    assert fresh.passages == first.passages  # seeded by query and card version: the cache only saves time
+
+
+def test_stage_reports_choices_and_refuses_unknown_or_fusion_only_cards(encode, essay_card, tmp_path):
+    fusion_only = make_card(tmp_path / "fusion", "tokens", kind="fusion", seed=2)
+    cards = Cards([essay_card, Card(load_manifest(fusion_only), fusion_only)])
+    stage = CardKnowledge(cards, encode, lambda text: len(text.split()), CardRouter(encode, lambda c: None),
+                          KnowledgeWriter())
+    with pytest.raises(CardChoiceError, match="not registered"):
+        stage.run("anything", ["missing"])
+    with pytest.raises(CardChoiceError, match="cannot write knowledge"):
+        stage.run("anything", ["tokens"])
+    assert stage.run("anything", "none").items == []
+    auto = stage.run("Why do startups need cofounders?", "auto")
+    assert [d.card for d in auto.considered] == ["essays"]  # the fusion-only card is never a candidate
+
+
+def test_stage_turns_supported_knowledge_into_a_cited_card_source(encode, essay_card):
+    written = KnowledgeWriter().write(essay_card, "Why do startups need cofounders?").passages
+    evidence_seen = []
+
+    def evidence(card, texts):
+        evidence_seen.append(list(texts))
+        return list(written), "the card's own passages, as if retrieved from its collection"
+
+    stage = CardKnowledge(Cards([essay_card]), encode, lambda text: len(text.split()),
+                          CardRouter(encode, lambda c: None), KnowledgeWriter(), evidence=evidence,
+                          settings=SelectorSettings(relevance_min=-1.0, factuality_names=False))
+    result = stage.run("Why do startups need cofounders?", ["essays"])
+    (report,) = result.cards
+    assert report.used and report.factuality["unsupported"] == 0 and evidence_seen
+    (source,) = result.sources()
+    assert source.kind == "card" and source.id == "card:essays@1" and source.text
+    assert result.report()["considered"][0]["reason"] == "named on the request"
