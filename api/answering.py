@@ -9,12 +9,15 @@ from typing import TypeVar
 from fastapi import HTTPException, status
 from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 
+from api import card_knowledge
 from api.keys import Principal
 from api.metrics import STAGE_SECONDS
 from api.state import ServiceState
 from indexes.collection import CollectionNotFound
 from rag import llm
 from rag.pipeline import AnswerPipeline, AnswerResponse, Prepared
+from experts.routing import CardsChoice
+from experts.selectors import SelectorSettings
 from rag.schemas import Filters, Mode
 
 T = TypeVar("T")
@@ -60,14 +63,18 @@ async def retrieve_in_time(state: ServiceState, search: Callable[..., T], *args)
 
 
 async def prepare(state: ServiceState, collection: str, query: str, top_k: int, mode: Mode,
-                  filters: Filters | None, options: llm.LLMOptions) -> tuple[AnswerPipeline, Prepared]:
+                  filters: Filters | None, options: llm.LLMOptions, cards: CardsChoice | None = None,
+                  selectors: SelectorSettings | None = None) -> tuple[AnswerPipeline, Prepared]:
+    """Retrieve, let expert cards add checked knowledge, and assemble the prompt."""
     check_limits(state, query, top_k)
     try:
         pipeline = state.pipeline(collection, options.model)
     except CollectionNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     retrieval = await retrieve_in_time(state, pipeline.retrieve, query, top_k, mode, filters)
-    return pipeline, await run_in_threadpool(pipeline.prepare, query, retrieval, options)
+    knowledge = await card_knowledge.gather(state, query, cards, retrieval, selectors)
+    sources, report = (knowledge.sources(), knowledge.report()) if knowledge else ([], None)
+    return pipeline, await run_in_threadpool(pipeline.prepare, query, retrieval, options, sources, report)
 
 
 async def complete(pipeline: AnswerPipeline, prepared: Prepared) -> AnswerResponse:

@@ -1,11 +1,15 @@
 """Request and response bodies of the REST API (retrieval bodies live in rag.schemas)."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from experts.selectors import SelectorSettings
 from rag.schemas import Filters, Mode
+
+# a request names cards by name (at most 8), or lets the router choose, or wants none
+CardsChoice = Literal["auto", "none"] | Annotated[list[str], Field(min_length=1, max_length=8)]
 
 
 class CollectionCreate(BaseModel):
@@ -59,6 +63,8 @@ class QueryRequest(BaseModel):
     temperature: float = Field(0.0, ge=0, le=2)
     timeout_s: float | None = Field(None, gt=0, le=600)
     stream: bool = False
+    cards: CardsChoice | None = Field(None, description='"auto", "none" or card names; default: the server\'s')
+    card_selectors: SelectorSettings | None = Field(None, description="override the knowledge selectors")
 
 
 class ChatMessage(BaseModel):
@@ -81,3 +87,5 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1, le=4096)
     temperature: float | None = Field(None, ge=0, le=2)
     top_k: int = Field(5, ge=1, description="Mighty extension: sources for rag: models")
+    cards: CardsChoice | None = Field(None, description='Mighty extension for rag: models: "auto", "none" or '
+                                                        'card names')

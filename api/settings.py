@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +27,10 @@ class ServiceSettings(BaseSettings):
     context_tokens: int = 3000
     local_context_tokens: int = Field(700, description="smaller budget for the in-process CPU model")
     answer_tokens: int = 256
+    default_cards: Literal["auto", "none"] = Field("auto", description="expert cards for requests that do not say")
+    card_route_threshold: float = Field(0.35, description="query similarity a card needs to be consulted")
+    max_cards: int = Field(2, ge=0, description="cards consulted per request at most")
+    cards_timeout_s: float = Field(120.0, gt=0, description="time allowed for expert cards to write knowledge")
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.home / 'mighty.db').expanduser()}"

@@ -25,7 +25,11 @@ class CardSource(Protocol):
 
 
 class CardChoiceError(ValueError):
-    """A request named a card that does not exist or cannot write knowledge."""
+    """A request named a card that cannot write knowledge."""
+
+
+class UnknownCard(CardChoiceError, LookupError):
+    """A request named a card that is not registered or has no active version."""
 
 
 EvidenceSearch = Callable[[CardLike, Sequence[str]], tuple[list[str], str | None]]
@@ -92,7 +96,7 @@ class CardKnowledge:
             try:
                 card = self.cards.get(name)
             except LookupError:
-                raise CardChoiceError(f"card {name!r} is not registered (or has no active version); "
+                raise UnknownCard(f"card {name!r} is not registered (or has no active version); "
                                       "list cards with GET /v1/cards") from None
             if "knowledge" not in card.manifest.kind:
                 raise CardChoiceError(f"card {name!r} is a {'/'.join(card.manifest.kind)} card and cannot write "

@@ -51,14 +51,18 @@ async def chat_completions(body: ChatRequest, state: ServiceState = Depends(get_
             options = llm_options(state, collection, None, principal, max_tokens=max_tokens, temperature=temperature)
         except CollectionNotFound as exc:
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-        pipeline, prepared = await prepare(state, collection, question, body.top_k, "hybrid", None, options)
+        pipeline, prepared = await prepare(state, collection, question, body.top_k, "hybrid", None, options,
+                                           body.cards)
         history = [m for m in messages[:-1] if m["role"] in ("user", "assistant")]
         prepared.messages = prepared.messages[:1] + history + prepared.messages[1:]
         if body.stream:
             return _sse(_rag_chunks(completion_id, body.model, pipeline, prepared))
         answer = await complete(pipeline, prepared)
         citations = [c.model_dump() for c in answer.citations]
-        return _completion(completion_id, body.model, answer.answer, answer.usage, citations)
+        response = _completion(completion_id, body.model, answer.answer, answer.usage, citations)
+        if answer.cards is not None:
+            response["cards"] = answer.cards
+        return response
     options = llm_options(state, None, body.model, principal, max_tokens=max_tokens, temperature=temperature)
     if body.stream:
         return _sse(_plain_chunks(completion_id, body.model, options, messages))
@@ -98,7 +102,8 @@ async def _rag_chunks(completion_id: str, model: str, pipeline, prepared: Prepar
             return
         yield _chunk(completion_id, model, {"content": payload})
     answer = await run_in_threadpool(pipeline.finish, prepared, "".join(collected))
-    yield _chunk(completion_id, model, {}, "stop", citations=[c.model_dump() for c in answer.citations])
+    extra = {"cards": answer.cards} if answer.cards is not None else {}
+    yield _chunk(completion_id, model, {}, "stop", citations=[c.model_dump() for c in answer.citations], **extra)
     yield "data: [DONE]\n\n"
 
 

@@ -41,7 +41,8 @@ async def query(body: QueryRequest, state: ServiceState = Depends(get_state),
                               timeout_s=body.timeout_s)
     except CollectionNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-    pipeline, prepared = await prepare(state, body.collection, body.query, body.top_k, body.mode, body.filters, options)
+    pipeline, prepared = await prepare(state, body.collection, body.query, body.top_k, body.mode, body.filters, options,
+                                       body.cards, body.card_selectors)
     if not body.stream:
         return await complete(pipeline, prepared)
 
