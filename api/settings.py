@@ -17,6 +17,8 @@ class ServiceSettings(BaseSettings):
     no_auth: bool = False
     default_llm: str = LOCAL_LLM
     max_body_bytes: int = 20 * 1024 * 1024
+    max_card_upload_bytes: int = Field(4 * 1024 ** 3, description="body limit of POST /v1/cards (multipart "
+                                                                    "card uploads), instead of max_body_bytes")
     max_query_chars: int = 4096
     max_top_k: int = 100
     rate_limit_per_minute: int = 600
@@ -26,6 +28,11 @@ class ServiceSettings(BaseSettings):
     context_tokens: int = 3000
     local_context_tokens: int = Field(700, description="smaller budget for the in-process CPU model")
     answer_tokens: int = 256
+
+    @property
+    def cards_dir(self) -> Path:
+        """Where registered card versions are stored."""
+        return self.home.expanduser() / "cards"
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.home / 'mighty.db').expanduser()}"

@@ -95,11 +95,13 @@ class CardRegistry:
 
     # ---- changing ------------------------------------------------------------------------------
 
-    def register(self, source: Path, actor: Actor, activate: bool | None = None) -> CardRef:
+    def register(self, source: Path, actor: Actor, activate: bool | None = None, *,
+                 origin: str | None = None) -> CardRef:
         """Validate and store a card folder (or the folder of a manifest file) as a new version.
 
         The first version of a card (or one registered while none is active) becomes active unless
-        `activate=False`; later versions only with `activate=True`."""
+        `activate=False`; later versions only with `activate=True`. `origin` is what the audit log
+        records as the source (default: the path; the REST upload says "upload")."""
         source = Path(source)
         try:
             manifest_path = find_manifest(source)
@@ -116,7 +118,7 @@ class CardRegistry:
             static = check_static(staged, self.limits, source_name=str(manifest_path))
             report = self._check_loads(staged, static)
             return self._insert(staged, static, actor, activate, "register",
-                                {"source": str(source), "sample": report.sample})
+                                {"source": origin or str(source), "sample": report.sample})
         finally:
             self.store.discard(staged)
 
