@@ -129,6 +129,8 @@ class CardRegistry:
         Versions are immutable, so this is how `mighty fusion fit` records fitted weights. The load
         check is repeated only when the model section changed."""
         current = self.get(name)
+        with self._engine.connect() as connection:
+            _require_write(_card_row(connection, name), actor, "update")
         if new_manifest.name != name:
             raise CardValidationError(f"name: the new manifest is for {new_manifest.name!r}, not {name!r}")
         self._precheck(new_manifest, actor)

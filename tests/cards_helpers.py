@@ -43,3 +43,18 @@ def write_card(folder: Path, adapter_source: Path, name: str = "tiny", version: 
     suffix = "yaml" if fmt == "yaml" else "toml"
     (folder / f"card.{suffix}").write_text(manifest_text(name, version, owner, fmt, **manifest), encoding="utf-8")
     return folder
+
+
+def snapshot(registry) -> dict:
+    """Everything a registry stores: every row of its tables and every path (with size) in its store."""
+    from sqlalchemy import select
+
+    from experts.tables import metadata
+
+    rows = {}
+    with registry._engine.connect() as connection:
+        for table in metadata.sorted_tables:
+            rows[table.name] = sorted(tuple(map(str, row)) for row in connection.execute(select(table)))
+    files = sorted((str(p.relative_to(registry.store.root)), p.stat().st_size if p.is_file() else -1)
+                   for p in registry.store.root.rglob("*"))
+    return {"rows": rows, "files": files}

@@ -38,7 +38,12 @@ class PostgresServer:
     def __init__(self, url: str | None = None) -> None:
         self._folder: Path | None = None
         self._as_user: list[str] = []
-        self.url = url or self._start()
+        self._admin = None
+        try:
+            self.url = url or self._start()
+        except BaseException:
+            self.stop()
+            raise
         self._admin = create_engine(self.url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
         try:
             with self._admin.connect() as connection:
@@ -80,8 +85,13 @@ class PostgresServer:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
         return make_url(self.url).set(database=name).render_as_string(hide_password=False)
 
+    def drop_database(self, url: str) -> None:
+        name = make_url(url).database
+        with self._admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
     def stop(self) -> None:
-        if getattr(self, "_admin", None) is not None:
+        if self._admin is not None:
             self._admin.dispose()
         if self._folder is not None:
             subprocess.run(self._as_user + [_tool("pg_ctl"), "-D", str(self._folder / "data"), "-m", "immediate",
