@@ -34,22 +34,26 @@ def run_load_checks(folder: Path, manifest: CardManifest, artifact: Path) -> tup
         try:
             loaded = load_adapter(base, artifact)
         except ModelLoadError as error:
-            raise CardValidationError(f"model.adapter: {error}; retrain the adapter on {base!r} or fix "
-                                      "model.base") from None
+            raise CardValidationError(f"model.adapter: {manifest.model.adapter!r} does not load on base {base!r} "
+                                      f"({_gist(error.__cause__ or error)}); retrain the adapter on the declared "
+                                      "base or fix model.base") from None
         _check_adapter_modules(weights, rel + "adapter_model.safetensors", loaded.model, base)
     else:
         try:
             loaded = load_full(artifact)
         except ModelLoadError as error:
-            raise CardValidationError(f"model.full: {error}") from None
+            raise CardValidationError(f"model.full: {manifest.model.full!r} does not load "
+                                      f"({_gist(error.__cause__ or error)}); save it again with save_pretrained "
+                                      "(safetensors, with its tokenizer)") from None
         own = getattr(loaded.model.config, "vocab_size", None)
         if own != vocab_size:
             raise CardValidationError(f"{rel}config.json: vocab_size {own} differs from base {base!r} "
                                       f"({vocab_size}); a card must share its base's vocabulary")
         _check_shipped_tokenizer(folder, artifact, base)
+    weights_name = rel + "adapter_model.safetensors" if manifest.model.adapter is not None else rel or "model"
     try:
         _check_rows(loaded.model, vocab_size, base)
-        return _generate(loaded.model, loaded.tokenizer, rel), vocab_size
+        return _generate(loaded.model, loaded.tokenizer, weights_name), vocab_size
     finally:
         del loaded
         gc.collect()
@@ -67,7 +71,7 @@ def _base_vocab_size(base: str) -> int:
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=local_only)
     except Exception as error:  # noqa: BLE001 - any loader failure means the base is unusable here
-        raise CardValidationError(f"model.base: {base!r} cannot be loaded ({error}); use a registered local "
+        raise CardValidationError(f"model.base: {base!r} cannot be loaded ({_gist(error)}); use a registered local "
                                   "name such as smollm2-135m-instruct, a local model folder, or a cached "
                                   "Hugging Face id") from None
     size = getattr(config, "vocab_size", None) or getattr(config.get_text_config(), "vocab_size", None)
@@ -139,18 +143,26 @@ def _check_rows(model: Any, vocab_size: int, base: str) -> None:
                                       f"{vocab_size} tokens; a card must share its base's vocabulary")
 
 
-def _generate(model: Any, tokenizer: Any, rel: str) -> str:
+def _gist(error: BaseException) -> str:
+    """The first informative line of a loader error (state-dict errors list every tensor)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    informative = [line for line in lines if not line.endswith(":")] or lines or [type(error).__name__]
+    more = f" (and {len(informative) - 1} more)" if len(informative) > 1 else ""
+    return informative[0][:300] + more
+
+
+def _generate(model: Any, tokenizer: Any, weights_name: str) -> str:
     inputs = tokenizer(PROBE_PROMPT, return_tensors="pt")
     with torch.inference_mode():
         logits = model(**inputs).logits
         if not torch.isfinite(logits).all():
-            raise CardValidationError(f"{rel or 'model'}: the card produces non-finite logits (NaN or inf) on "
+            raise CardValidationError(f"{weights_name}: the card produces non-finite logits (NaN or inf) on "
                                       "its base; the weights are corrupt or diverged in training: retrain or "
                                       "export them again")
         output = model.generate(**inputs, max_new_tokens=PROBE_TOKENS, do_sample=False,
                                 pad_token_id=tokenizer.pad_token_id)
     new_tokens = output[0, inputs["input_ids"].shape[1]:]
     if len(new_tokens) == 0:
-        raise CardValidationError(f"{rel or 'model'}: the card generated nothing for a probe prompt; check the "
+        raise CardValidationError(f"{weights_name}: the card generated nothing for a probe prompt; check the "
                                   "weights and the base's generation config")
     return tokenizer.decode(new_tokens, skip_special_tokens=True)
