@@ -24,9 +24,7 @@ class CardStore:
         self.root = Path(root)
         self.staging = self.root / ".staging"
         self.trash = self.root / ".trash"
-        for folder in (self.root, self.staging, self.trash):
-            folder.mkdir(parents=True, exist_ok=True)
-        self._sweep()
+        self._swept = False  # nothing is created until the first write: reading leaves the home untouched
 
     def path(self, name: str, version: str) -> Path:
         return self.root / name / version
@@ -96,19 +94,23 @@ class CardStore:
             pass
 
     def _move_to_trash(self, target: Path) -> Path:
+        self.trash.mkdir(parents=True, exist_ok=True)
         trashed = self.trash / uuid.uuid4().hex
         os.rename(target, trashed)
         return trashed
 
     def _new(self, parent: Path) -> Path:
+        if not self._swept:
+            self._sweep()
         folder = parent / uuid.uuid4().hex
-        folder.mkdir()
+        folder.mkdir(parents=True)
         return folder
 
     def _sweep(self) -> None:
+        self._swept = True
         cutoff = time.time() - _STALE_SECONDS
         for parent in (self.staging, self.trash):
-            for leftover in parent.iterdir():
+            for leftover in (parent.iterdir() if parent.is_dir() else []):
                 try:
                     if leftover.stat().st_mtime < cutoff:
                         shutil.rmtree(leftover, ignore_errors=True)
