@@ -177,3 +177,17 @@ def test_a_full_model_card_must_share_the_base_vocabulary(registry, tmp_path):
     with pytest.raises(CardValidationError, match="model/config.json: vocab_size 1000 differs from base"):
         registry.register(full_card("small-vocab", 1000), ALPHA)
     assert snapshot(registry) == before
+
+
+@pytest.mark.parametrize("example", ["tax-law.toml", "clinical-notes.yaml"])
+def test_example_manifests_register(example, registry, tmp_path, tiny_adapter):
+    """The documented examples in data/cards stay valid: next to an adapter they register as they are."""
+    import shutil
+
+    from tests.helpers import REPO
+
+    folder = tmp_path / "example"
+    shutil.copytree(tiny_adapter, folder / "adapter")
+    shutil.copy(REPO / "data" / "cards" / example, folder / example)
+    manifest = registry.register(folder / example, Actor("admin", None, True)).manifest
+    assert manifest.name == example.split(".")[0] and manifest.model.adapter == "adapter"
