@@ -8,26 +8,44 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from api.card_registry import open_registry, operator_actor
 from api.cli.context import EXIT_REJECTED, err, fail, home_from, out
-from experts.registry import AuditEntry, CardError, CardRef, CardRegistry
+from experts.errors import CardError
 
-__all__ = ["app", "open_registry"]
+if TYPE_CHECKING:
+    from experts.registry import AuditEntry, CardRef, CardRegistry
 
 app = typer.Typer(help="Expert cards: small LoRA models registered by domain teams.", no_args_is_help=True)
 
 
+def __getattr__(name: str) -> Any:
+    """`open_registry` and `operator_actor` re-exported lazily: SQLAlchemy loads only when a card
+    command runs, not on every `mighty` start."""
+    if name in ("open_registry", "operator_actor"):
+        import api.card_registry
+
+        return getattr(api.card_registry, name)
+    raise AttributeError(name)
+
+
 def _registry(ctx: typer.Context) -> CardRegistry:
+    from api.card_registry import open_registry
+
     try:
         return open_registry(home_from(ctx))
     except CardError as error:
         raise _refused(error) from None
+
+
+def _operator():
+    from api.card_registry import operator_actor
+
+    return operator_actor()
 
 
 def _refused(error: Exception) -> typer.Exit:
@@ -55,7 +73,7 @@ def register(ctx: typer.Context,
     registry = _registry(ctx)
     with err.status(f"validating {escape(str(path))}: checking files, loading on the base, generating"):
         try:
-            ref = registry.register(path, operator_actor(), activate=activate)
+            ref = registry.register(path, _operator(), activate=activate)
         except CardError as error:
             raise _refused(error) from None
     state = "active" if ref.active else f"inactive; activate with: mighty cards activate {ref.name} {ref.version}"
@@ -111,7 +129,7 @@ def show(ctx: typer.Context, name: str = typer.Argument(...),
 def activate(ctx: typer.Context, name: str = typer.Argument(...), version: str = typer.Argument(...)) -> None:
     """Make VERSION the card's active version."""
     try:
-        ref = _registry(ctx).activate(name, version, operator_actor())
+        ref = _registry(ctx).activate(name, version, _operator())
     except CardError as error:
         raise _refused(error) from None
     out.print(f"{ref.name}@{ref.version} is active", highlight=False)
@@ -121,7 +139,7 @@ def activate(ctx: typer.Context, name: str = typer.Argument(...), version: str =
 def rollback(ctx: typer.Context, name: str = typer.Argument(...)) -> None:
     """Re-activate the version that was active before the current one."""
     try:
-        ref = _registry(ctx).rollback(name, operator_actor())
+        ref = _registry(ctx).rollback(name, _operator())
     except CardError as error:
         raise _refused(error) from None
     out.print(f"rolled back: {ref.name}@{ref.version} is active", highlight=False)
@@ -138,7 +156,7 @@ def delete(ctx: typer.Context, name: str = typer.Argument(...),
             raise fail(f"refusing to delete {what} without confirmation; pass --yes", code=EXIT_REJECTED)
         typer.confirm(f"Delete {what}?", abort=True)
     try:
-        deleted = _registry(ctx).delete(name, operator_actor(), version=version)
+        deleted = _registry(ctx).delete(name, _operator(), version=version)
     except CardError as error:
         raise _refused(error) from None
     out.print(f"deleted {name}: {', '.join(deleted)}", highlight=False)

@@ -27,6 +27,7 @@ T = TypeVar("T")
 _STATUS = ((CardNotFound, status.HTTP_404_NOT_FOUND), (CardConflict, status.HTTP_409_CONFLICT),
            (CardForbidden, status.HTTP_403_FORBIDDEN), (CardValidationError, status.HTTP_422_UNPROCESSABLE_CONTENT))
 _MAX_DEPTH = 8
+_MAX_MANIFEST_BYTES = 1024 * 1024
 
 
 def _call(work: Callable[..., T], *args, **kwargs) -> T:
@@ -67,8 +68,12 @@ def upload_card(manifest: UploadFile = File(..., description="card.toml or card.
     suffix = PurePosixPath(manifest_name).suffix.lower()
     if suffix not in (".toml", ".yaml", ".yml"):
         raise _unprocessable(f"manifest: {manifest_name!r} must be a .toml or .yaml file (card.toml, card.yaml)")
+    raw = manifest.file.read(_MAX_MANIFEST_BYTES + 1)
+    if len(raw) > _MAX_MANIFEST_BYTES:
+        raise _unprocessable(f"manifest: {manifest_name!r} is over {_MAX_MANIFEST_BYTES} bytes; a manifest is a "
+                             "short TOML or YAML file")
     try:
-        text = manifest.file.read().decode("utf-8")
+        text = raw.decode("utf-8")
         parse_manifest(text, PurePosixPath(manifest_name).name)
     except UnicodeDecodeError:
         raise _unprocessable(f"manifest: {manifest_name!r} is not UTF-8 text") from None
