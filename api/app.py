@@ -11,37 +11,41 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.metrics import REQUEST_SECONDS, REQUESTS
-from api.routers import chat, collections, ops, retrieval
+from api.routers import cards, chat, collections, ops, retrieval
 from api.settings import ServiceSettings
 from api.state import ServiceState
 
 
 class BodyLimit:
-    """Refuse bodies over the limit with 413, whether or not Content-Length was sent."""
+    """Refuse bodies over the limit with 413, whether or not Content-Length was sent.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    `overrides` maps (method, path) to its own limit: card uploads carry model weights, far larger
+    than any JSON body should be."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, overrides: dict[tuple[str, str], int] | None = None) -> None:
+        self.app, self.max_bytes, self.overrides = app, max_bytes, overrides or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.overrides.get((scope.get("method", ""), scope.get("path", "")), self.max_bytes)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await _too_large(self.max_bytes, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await _too_large(limit, send)
         seen = 0
 
         async def limited() -> Message:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
+            if seen > limit:
                 raise _TooLarge()
             return message
 
         try:
             await self.app(scope, limited, send)
         except _TooLarge:
-            await _too_large(self.max_bytes, send)
+            await _too_large(limit, send)
 
 
 class _TooLarge(Exception):
@@ -66,7 +70,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="Mighty", version="0.1.0", lifespan=lifespan,
                   description="Retrieval, cited answers and small expert models for large ones.")
-    for module in (ops, collections, retrieval, chat):
+    for module in (ops, collections, retrieval, chat, cards):
         app.include_router(module.router)
 
     @app.middleware("http")
@@ -84,7 +88,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         reasons = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         return JSONResponse({"detail": "; ".join(reasons), "errors": jsonable(exc.errors())}, status_code=422)
 
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
+                       overrides={("POST", "/v1/cards"): settings.max_card_upload_bytes})
     return app
 
 

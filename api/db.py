@@ -1,6 +1,8 @@
-"""SQLAlchemy 2 models and engine: API keys now, the card registry and audit log later.
+"""The SQL database: API keys, the card registry and its audit log, migrated by Alembic on open.
 
-SQLite by default (one file in the home folder), any SQLAlchemy URL (PostgreSQL) by setting.
+SQLite by default (one file in the home folder), any SQLAlchemy URL (PostgreSQL) by setting. The schema
+is owned by the migrations in `api/migrations`, never by `create_all`, so a database written by an
+older Mighty is upgraded in place instead of silently missing columns.
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
-def make_engine(url: str) -> Engine:
+def connect(url: str) -> Engine:
+    """An engine without touching the schema (migrations and tests that inspect old databases)."""
     if url.startswith("sqlite:///"):
         from pathlib import Path
 
@@ -42,10 +45,21 @@ def make_engine(url: str) -> Engine:
         def _sqlite_pragmas(connection, _record):  # WAL: readers never block the single writer
             cursor = connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
-    Base.metadata.create_all(engine)
     return engine
+
+
+def open_database(url: str) -> Engine:
+    """An engine on a database migrated to the newest schema (created when missing)."""
+    from api.migrate import upgrade
+
+    engine = connect(url)
+    upgrade(engine)
+    return engine
+
+
+make_engine = open_database  # the name the service used before migrations existed
 
 
 def make_sessions(engine: Engine) -> sessionmaker:

@@ -18,6 +18,8 @@ class ServiceSettings(BaseSettings):
     no_auth: bool = False
     default_llm: str = LOCAL_LLM
     max_body_bytes: int = 20 * 1024 * 1024
+    max_card_upload_bytes: int = Field(4 * 1024 ** 3, description="body limit of POST /v1/cards (multipart "
+                                                                    "card uploads), instead of max_body_bytes")
     max_query_chars: int = 4096
     max_top_k: int = 100
     rate_limit_per_minute: int = 600
@@ -31,6 +33,11 @@ class ServiceSettings(BaseSettings):
     card_route_threshold: float = Field(0.35, description="query similarity a card needs to be consulted")
     max_cards: int = Field(2, ge=0, description="cards consulted per request at most")
     cards_timeout_s: float = Field(120.0, gt=0, description="time allowed for expert cards to write knowledge")
+
+    @property
+    def cards_dir(self) -> Path:
+        """Where registered card versions are stored."""
+        return self.home.expanduser() / "cards"
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.home / 'mighty.db').expanduser()}"

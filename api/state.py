@@ -1,4 +1,4 @@
-"""Long-lived service state: settings, collections, retrievers, keys, jobs and rate limits."""
+"""Long-lived service state: settings, collections, retrievers, keys, cards, jobs and rate limits."""
 from __future__ import annotations
 
 import threading
@@ -8,9 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from api.db import make_engine, make_sessions
+from api.db import make_sessions, open_database
 from api.keys import KeyStore
 from api.settings import ServiceSettings
+from experts.registry import CardRegistry
 from indexes.collection import Collection, Home
 from rag.pipeline import AnswerPipeline
 from rag.retriever import Retriever
@@ -59,8 +60,9 @@ class ServiceState:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self.home = Home(settings.home)
-        self.engine = make_engine(settings.resolved_database_url())
+        self.engine = open_database(settings.resolved_database_url())
         self.keys = KeyStore(make_sessions(self.engine))
+        self.cards = CardRegistry(self.engine, settings.cards_dir)
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
         self.jobs: dict[str, Job] = {}
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mighty-index")

@@ -53,3 +53,38 @@ def writable_demo_home(demo_home, tmp_path) -> Path:
     target = tmp_path / "home"
     shutil.copytree(demo_home, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """PostgreSQL for the registry tests: MIGHTY_TEST_POSTGRES_URL, else a throwaway local server.
+
+    Never skipped: without PostgreSQL the tests that need it fail and say what to install."""
+    from tests.postgres import PostgresServer, PostgresUnavailable
+
+    try:
+        server = PostgresServer(os.environ.get("MIGHTY_TEST_POSTGRES_URL"))
+    except PostgresUnavailable as error:
+        pytest.fail(str(error), pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """A fresh, empty database on each backend the registry supports (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'mighty.db'}"
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = server.new_database()
+    yield url
+    server.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tmp_path_factory) -> Path:
+    """A real LoRA adapter (r=4, q_proj/v_proj) on the default local base, made once per session."""
+    from tests.cards_helpers import make_tiny_adapter
+
+    return make_tiny_adapter(tmp_path_factory.mktemp("tiny-adapter") / "adapter")

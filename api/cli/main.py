@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from api.cli import eval_commands, index_commands, search_commands, serve_commands
+from api.cli import card_commands, eval_commands, index_commands, search_commands, serve_commands
 from api.cli.context import quiet_models
 
 app = typer.Typer(name="mighty", help="Mighty: retrieval and small expert models that make large ones better.",
@@ -16,6 +16,7 @@ app.command("search")(search_commands.search)
 app.command("demo")(search_commands.demo)
 app.command("serve")(serve_commands.serve)
 app.add_typer(serve_commands.keys_app, name="keys")
+app.add_typer(card_commands.app, name="cards")
 
 
 @app.callback()

@@ -58,10 +58,10 @@ def serve(ctx: typer.Context, host: str = typer.Option("127.0.0.1"), port: int =
 @keys_app.command("create")
 def create(ctx: typer.Context, name: str = typer.Argument(...),
            role: str = typer.Option("reader", help="admin | reader | team:<name>")) -> None:
-    from api.db import make_engine, make_sessions
+    from api.db import make_sessions, open_database
     from api.keys import KeyStore
 
-    store = KeyStore(make_sessions(make_engine(_settings(ctx).resolved_database_url())))
+    store = KeyStore(make_sessions(open_database(_settings(ctx).resolved_database_url())))
     try:
         token, info = store.create(name, role)
     except ValueError as exc:
@@ -72,10 +72,10 @@ def create(ctx: typer.Context, name: str = typer.Argument(...),
 
 @keys_app.command("list")
 def list_keys(ctx: typer.Context) -> None:
-    from api.db import make_engine, make_sessions
+    from api.db import make_sessions, open_database
     from api.keys import KeyStore
 
-    store = KeyStore(make_sessions(make_engine(_settings(ctx).resolved_database_url())))
+    store = KeyStore(make_sessions(open_database(_settings(ctx).resolved_database_url())))
     table = Table("id", "name", "role", "prefix", "created", "revoked")
     for key in store.list():
         table.add_row(str(key.id), key.name, key.role, key.prefix, f"{key.created_at:%Y-%m-%d %H:%M}",
@@ -85,10 +85,10 @@ def list_keys(ctx: typer.Context) -> None:
 
 @keys_app.command("revoke")
 def revoke(ctx: typer.Context, key_id: int = typer.Argument(...)) -> None:
-    from api.db import make_engine, make_sessions
+    from api.db import make_sessions, open_database
     from api.keys import KeyStore
 
-    store = KeyStore(make_sessions(make_engine(_settings(ctx).resolved_database_url())))
+    store = KeyStore(make_sessions(open_database(_settings(ctx).resolved_database_url())))
     if not store.revoke(key_id):
         raise fail(f"no active key with id {key_id} (see `mighty keys list`)", code=1)
     out.print(f"key {key_id} revoked")
