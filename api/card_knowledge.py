@@ -45,7 +45,7 @@ def knowledge_stage(state: ServiceState) -> CardKnowledge:
                 return len(tokenizer.encode(text, add_special_tokens=False).ids)
 
             stage = CardKnowledge(
-                state.registry, encode, count_tokens,
+                state.cards, encode, count_tokens,
                 CardRouter(encode, lambda card: _centroid(state, card, config),
                            threshold=state.settings.card_route_threshold, max_cards=state.settings.max_cards),
                 KnowledgeWriter(), evidence=lambda card, texts: _evidence(state, card, texts))
@@ -86,7 +86,7 @@ async def gather(state: ServiceState, query: str, choice: CardsChoice | None, re
                  settings: SelectorSettings | None) -> KnowledgeResult | None:
     """Run the card stage off the event loop under its timeout; None when the request wants no cards."""
     choice = resolve_choice(state, choice)
-    if choice == "none" or (choice == "auto" and not state.registry.active_cards()):
+    if choice == "none" or (choice == "auto" and not state.cards.active_cards()):
         return None
     stage = await run_in_threadpool(knowledge_stage, state)
     evidence = [hit.text for hit in retrieval.hits]

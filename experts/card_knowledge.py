@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from experts.errors import CardNotFound
 from experts.knowledge import CardLike, KnowledgeWriter
 from experts.routing import CardRouter, CardsChoice, RouteDecision, named
 from experts.selectors import CountTokens, Encode, SelectorSettings, check_facts, prune, select_relevant
@@ -95,7 +96,7 @@ class CardKnowledge:
         for name in dict.fromkeys(choice):
             try:
                 card = self.cards.get(name)
-            except LookupError:
+            except (LookupError, CardNotFound):
                 raise UnknownCard(f"card {name!r} is not registered (or has no active version); "
                                       "list cards with GET /v1/cards") from None
             if "knowledge" not in card.manifest.kind:

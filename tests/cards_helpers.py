@@ -58,3 +58,19 @@ def snapshot(registry) -> dict:
     files = sorted((str(p.relative_to(registry.store.root)), p.stat().st_size if p.is_file() else -1)
                    for p in registry.store.root.rglob("*"))
     return {"rows": rows, "files": files}
+
+
+def make_card(folder: Path, name: str = "essays", version: str = "1", *, owner: str = "essays-team",
+              description: str = "Paul Graham's essays on startups, founders and programming",
+              domain: str = "startup essays", kind: str = "knowledge", collection: str | None = None,
+              generation: dict | None = None, seed: int = 0) -> Path:
+    """A card folder with a full manifest (`card.toml`) and its own tiny adapter."""
+    from experts.manifest import CardManifest, dump_manifest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    make_tiny_adapter(folder / "adapter", seed=seed)
+    manifest = CardManifest(name=name, version=version, domain=domain, description=description, owner=owner,
+                            kind=kind, model={"base": BASE, "adapter": "adapter"}, collection=collection,
+                            generation=generation or {"passages": 2, "max_new_tokens": 24})
+    dump_manifest(manifest, folder / "card.toml")
+    return folder

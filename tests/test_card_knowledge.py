@@ -11,7 +11,7 @@ from experts.knowledge import KnowledgeWriter
 from experts.manifest import CardManifest, load_manifest
 from experts.routing import CardRouter
 from experts.selectors import SelectorSettings, check_facts, prune, select_relevant
-from tests.card_factory import make_card
+from tests.cards_helpers import make_card
 
 EVIDENCE = ["The Eiffel Tower is in Paris. It was completed in 1889 for the World's Fair, and it is 330 metres tall.",
             "Paris is the capital of France."]
