@@ -103,6 +103,9 @@ class CardRegistry:
         `activate=False`; later versions only with `activate=True`. `origin` is what the audit log
         records as the source (default: the path; the REST upload says "upload")."""
         source = Path(source)
+        if source.is_dir() and sum((source / name).is_file() for name in MANIFEST_NAMES) > 1:
+            raise CardValidationError(f"{source}: the folder has several manifests ({', '.join(MANIFEST_NAMES)}); "
+                                      "keep one, or register the manifest file you mean")
         try:
             manifest_path = find_manifest(source)
             manifest = load_manifest(manifest_path)

@@ -132,9 +132,11 @@ def check_static(folder: Path, limits: CardLimits | None = None, source_name: st
     if len(manifests) != 1:
         reason = "has several manifests: keep one" if manifests else "has no manifest"
         raise _fail(str(source_name or folder), f"the card folder {reason} ({' or '.join(MANIFEST_NAMES)})")
-    text = (folder / manifests[0]).read_text(encoding="utf-8", errors="strict")
     try:
+        text = (folder / manifests[0]).read_text(encoding="utf-8")
         manifest = parse_manifest(text, source_name or manifests[0])
+    except UnicodeDecodeError:
+        raise _fail(str(source_name or manifests[0]), "not UTF-8 text; save the manifest as UTF-8") from None
     except ManifestError as error:
         raise CardValidationError(f"{error}; fix the manifest and register again") from None
     artifact = artifact_dir(folder, manifest)

@@ -100,6 +100,8 @@ CASES = {
     "pickle weights (.bin)": (lambda f: (f / "adapter" / "adapter_model.bin").write_bytes(b"\x80\x04K\x01."),
                               "adapter/adapter_model.bin: .bin files can hold pickles"),
     "pickle file (.pkl)": (lambda f: (f / "extra.pkl").write_bytes(b"\x80\x04K\x01."), "extra.pkl: .pkl files"),
+    "two manifests": (lambda f: (f / "card.yaml").write_text("name: tiny"), "the folder has several manifests"),
+    "binary manifest": (lambda f: (f / "card.toml").write_bytes(b"\xff\xfe\x00name"), "card.toml: cannot read"),
     "code file": (lambda f: (f / "setup.py").write_text("import os"), "setup.py: file type not allowed"),
     "fake safetensors": (lambda f: (f / "adapter" / "adapter_model.safetensors").write_bytes(b"\x80\x04" * 64),
                          "adapter/adapter_model.safetensors: it is not a safetensors file"),
