@@ -22,7 +22,9 @@ def write_manifest(folder: Path, name: str, base: str = BASE, adapter: str | Non
 
 def make_lora_card(folder: Path, name: str = "noisy", seed: int = 0, scale: float = 0.02, rank: int = 4,
                    heldout: dict | None = None) -> Path:
-    """A fusion card whose LoRA has random non-zero A and B: a real expert that disagrees with the base."""
+    """A fusion card whose LoRA has random non-zero A and B: a real expert that disagrees with the base.
+
+    scale=0 keeps peft's own initialisation (B = 0): a card identical to its base."""
     from peft import LoraConfig, get_peft_model
 
     from experts.models import load_base
@@ -30,12 +32,12 @@ def make_lora_card(folder: Path, name: str = "noisy", seed: int = 0, scale: floa
     folder.mkdir(parents=True, exist_ok=True)
     model = load_base(BASE, fresh=True).model
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=["q_proj", "v_proj", "down_proj"],
-                        init_lora_weights=False)
+                        init_lora_weights=scale == 0)
     peft_model = get_peft_model(model, config)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter_name, parameter in peft_model.named_parameters():
-            if "lora_" in parameter_name:
+            if "lora_" in parameter_name and scale:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
     peft_model.save_pretrained(str(folder / "adapter"), safe_serialization=True)
     write_manifest(folder, name, heldout=heldout)

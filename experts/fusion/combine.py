@@ -10,7 +10,6 @@ base row bit for bit, which the exactness tests rely on.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -115,8 +114,6 @@ def product(logprobs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 def proxy(logprobs: torch.Tensor, anti: torch.Tensor, alpha: float) -> torch.Tensor:
     """Proxy-tuning: base + alpha * sum_i (expert_i - anti_expert_i), renormalised."""
-    if alpha == 0:
-        return logprobs[0]
     return torch.log_softmax(logprobs[0] + alpha * (logprobs[1:] - anti).sum(0), dim=-1)
 
 
@@ -167,8 +164,3 @@ def default_weights(experts: int, expert_share: float = 0.3) -> tuple[float, ...
     if experts == 0:
         return (1.0,)
     return (1.0 - expert_share, *[expert_share / experts] * experts)
-
-
-def nll_floor() -> float:
-    """log of the smallest positive float32, a floor for NLLs of tokens a rule gave no mass."""
-    return -math.log(torch.finfo(torch.float32).tiny)
