@@ -127,8 +127,8 @@ class FusedModel:
         return self._anti
 
     def _logprobs(self, per_engine: list[torch.Tensor | None], roles: list[Role]) -> torch.Tensor:
-        picked = [per_engine[role.engine][role.row] for role in roles]
-        return torch.log_softmax(torch.stack(picked)[..., :self.vocab.size].float(), dim=-1)
+        picked = [per_engine[role.engine][role.row][..., :self.vocab.size] for role in roles]
+        return torch.log_softmax(torch.stack(picked).float(), dim=-1)
 
     def _engines_for(self, anti: bool) -> list[int]:
         used = {role.engine for role in self.roles}
