@@ -39,6 +39,7 @@ class DecodeStats:
     """Where one run's time went: the models' forward passes versus everything fusion adds."""
 
     steps: int = 0
+    rows: int = 0
     tokens: int = 0
     prefill_s: float = 0.0
     forward_s: float = 0.0
@@ -51,7 +52,8 @@ class DecodeStats:
 
     @property
     def tokens_per_s(self) -> float:
-        return self.tokens / max(1e-9, self.forward_s + self.other_s)
+        """Decoding speed after the prompt: the first token of each row comes from the prefill."""
+        return max(0, self.tokens - self.rows) / max(1e-9, self.forward_s + self.other_s)
 
 
 @dataclass
@@ -144,7 +146,7 @@ class FusedDecoder:
         ids, mask = self._batch(prompts)
         anti = self.params.method == "proxy"
         rows = [_Row(len(p)) for p in prompts]
-        stats = DecodeStats()
+        stats = DecodeStats(rows=len(prompts))
         generator = torch.Generator().manual_seed(options.seed) if options.seed is not None else None
         weight_sums = None
         with self.model.lock, torch.inference_mode():
