@@ -86,7 +86,7 @@ class ServiceState:
             self.retriever(name).search(RetrievalRequest(query="warm up", top_k=1))
 
     def pipeline(self, name: str, model: str) -> AnswerPipeline:
-        local = model.startswith("local/")
+        local = model.startswith(("local/", "fusion:", "fusion/"))  # in-process CPU models
         budget = self.settings.local_context_tokens if local else self.settings.context_tokens
         return AnswerPipeline(self.retriever(name), budget)
 

@@ -82,6 +82,9 @@ class FusedModel:
                         if i < self.vocab.size}
         self.lock = threading.Lock()
 
+    def describe(self) -> str:
+        return "+".join([self.base, *[card.label for card in self.cards]])
+
     @property
     def labels(self) -> list[str]:
         return [role.label for role in self.roles]
