@@ -8,7 +8,7 @@ import pytest
 from experts.fusion.cards import CardNotFound, next_version, resolve_card, store_fit
 from experts.fusion.corpus import CorpusError, file_sha256, split_corpus
 from experts.manifest import FusionSettings, ManifestError, load_manifest
-from tests.fusion_helpers import tiny_corpus, write_manifest
+from tests.fusion_helpers import tiny_corpus, write_corpus, write_manifest
 
 
 def card_folder(tmp_path, name="essays", kind="fusion", heldout=None):
@@ -56,9 +56,23 @@ def test_on_its_training_corpus_only_a_cards_heldout_documents_are_used(tmp_path
     assert set(split.fit_documents) | set(split.score_documents) == set(titles[:4])
     assert not set(split.fit_documents) & set(split.score_documents)
     assert "held-out documents of essays@1.0.0" in split.note
-    other = tiny_corpus(tmp_path / "other.jsonl", documents=6)
+    # a copy elsewhere (another path and hash) is recognised by its documents' titles
+    copy = tmp_path / "copy.jsonl"
+    copy.write_text(corpus.read_text() + "\n")
+    assert set(split_corpus(copy, [card]).score_documents) <= set(titles[:4])
+    other = write_corpus(tmp_path / "other.jsonl", [(f"Other essay {i}", f"Some other text {i}.") for i in range(6)])
     everything = split_corpus(other, [card])
     assert len(everything.fit_documents) + len(everything.score_documents) == 6
+    assert everything.note.startswith("no card was trained on this corpus")
+
+
+def test_chunks_of_a_document_are_joined_without_their_shared_text():
+    from experts.fusion.corpus import join_chunks
+
+    first = "Startups grow fast. Understand your users well."
+    second = "Understand your users well. Then build what they need."
+    assert join_chunks([first, second]) == "Startups grow fast. Understand your users well. Then build what they need."
+    assert join_chunks(["No overlap here.", "Another part."]) == "No overlap here.\n\nAnother part."
 
 
 def test_bad_corpora_are_reported_with_file_and_line(tmp_path):

@@ -2,8 +2,9 @@
 
 A card records which documents of its training corpus it never saw (`heldout`). When fusion is
 evaluated on that corpus only those documents may be used: scoring a document the expert was
-trained on would flatter it. The usable documents are split by document (never by chunk) into a
-part for fitting fusion weights and a part for scoring them.
+trained on would flatter it. Chunks are joined back into documents (by title, else id, as training
+does), and the usable documents are split, never their chunks, into a part for fitting fusion
+weights and a part for scoring them.
 """
 from __future__ import annotations
 
@@ -62,46 +63,65 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _trained_on(card: CardRef, path: Path, digest: str) -> bool:
+def document_key(record: dict, number: int) -> str:
+    """What a document is called when splitting: its title, else its id (chunks of one essay share a title)."""
+    title = str(record.get("title") or "").strip()
+    return title or str(record.get("_id") or record.get("id") or f"line {number}")
+
+
+def join_chunks(texts: list[str], longest: int = 2000, shortest: int = 16) -> str:
+    """Chunks of one document in reading order, writing the text neighbouring chunks share only once."""
+    joined = texts[0]
+    for text in texts[1:]:
+        limit = min(longest, len(joined), len(text))
+        shared = next((size for size in range(limit, shortest - 1, -1) if joined.endswith(text[:size])), 0)
+        joined += text[shared:] if shared else "\n\n" + text
+    return joined
+
+
+def _trained_on(card: CardRef, path: Path, digest: str, keys: set[str]) -> str | None:
+    """Why this corpus counts as the card's training corpus, or None.
+
+    A recorded sha256 may hash the file or the documents as training read them, so a matching path
+    or any shared document key also counts: restricting to held-out documents is the safe mistake.
+    """
     heldout = card.manifest.heldout
     if heldout is None:
-        return False
-    if heldout.corpus_sha256:
-        return heldout.corpus_sha256 == digest
+        return None
+    if heldout.corpus_sha256 == digest:
+        return "same file (sha256)"
     recorded = Path(heldout.corpus).expanduser()
     if not recorded.is_absolute():
         recorded = card.folder / recorded
-    return recorded.exists() and recorded.resolve() == path.resolve()
+    if recorded.exists() and recorded.resolve() == path.resolve():
+        return "same path"
+    if keys & set(heldout.documents):
+        return "shares held-out documents"
+    return None
 
 
-def split_corpus(path: Path, cards: list[CardRef], fit_fraction: float = 0.5, seed: int = 0,
-                 key: str = "title") -> EvalSplit:
+def split_corpus(path: Path, cards: list[CardRef], fit_fraction: float = 0.5, seed: int = 0) -> EvalSplit:
     """Fit and score texts; on a card's own corpus only its held-out documents (for all such cards)."""
     records = read_jsonl(path)
     digest = file_sha256(path)
-    trained = [card for card in cards if _trained_on(card, path, digest)]
-    if trained:
-        key = trained[0].manifest.heldout.key
-        allowed = set.intersection(*(set(card.manifest.heldout.documents) for card in trained))
-        note = (f"held-out documents of {', '.join(card.label for card in trained)} only "
-                f"({len(allowed)} of the corpus)")
-        if not allowed:
-            raise CorpusError(f"{path}: the cards {', '.join(c.label for c in trained)} were trained on this corpus "
-                              "and record no held-out document they all share; evaluate on another corpus")
-    else:
-        allowed = None
-        note = "no card was trained on this corpus: all documents"
     texts: dict[str, list[str]] = {}
     for number, record in enumerate(records, 1):
-        document = str(record.get(key) or record.get("_id") or f"line {number}")
-        if allowed is None or document in allowed:
-            texts.setdefault(document, []).append(record["text"])
+        texts.setdefault(document_key(record, number), []).append(record["text"])
+    trained = [card for card in cards if _trained_on(card, path, digest, set(texts))]
+    if trained:
+        allowed = set.intersection(*(set(card.manifest.heldout.documents) for card in trained))
+        note = (f"held-out documents of {', '.join(card.label for card in trained)} only "
+                f"({len(allowed & set(texts))} of {len(texts)})")
+        texts = {key: parts for key, parts in texts.items() if key in allowed}
+    else:
+        note = "no card was trained on this corpus: all documents"
     documents = sorted(texts)
     if len(documents) < 2:
-        raise CorpusError(f"{path}: {len(documents)} usable document(s); fitting and scoring need at least 2 "
-                          f"(documents are told apart by {key!r})")
+        which = f" held out by {', '.join(c.label for c in trained)}" if trained else ""
+        raise CorpusError(f"{path}: {len(documents)} usable document(s){which}; fitting and scoring need at "
+                          "least 2 (documents are told apart by title, else id); use another corpus")
     random.Random(seed).shuffle(documents)
     cut = min(len(documents) - 1, max(1, round(fit_fraction * len(documents))))
     fit, score = documents[:cut], documents[cut:]
-    return EvalSplit([t for d in fit for t in texts[d]], [t for d in score for t in texts[d]], fit, score,
+    return EvalSplit([join_chunks(texts[d]) for d in fit], [join_chunks(texts[d]) for d in score], fit, score,
                      f"{note}; {len(fit)} documents to fit, {len(score)} to score (seed {seed})")
