@@ -131,32 +131,27 @@ def gate_weights(logprobs: torch.Tensor, prior: torch.Tensor, gate: Gate) -> tor
 
 def fuse(logprobs: torch.Tensor, params: FusionParams, anti: torch.Tensor | None = None) -> torch.Tensor:
     """The fused next-token log-probs [B, V] for log-probs [M, B, V] (base first)."""
+    return fuse_with_weights(logprobs, params, anti)[0]
+
+
+def fuse_with_weights(logprobs: torch.Tensor, params: FusionParams, anti: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Fused log-probs and the weights applied per row [M, B] (None for proxy, which has no weights)."""
     models = logprobs.shape[0]
     if params.method == "proxy":
         if models > 1 and anti is None:
             raise ValueError("proxy fusion needs the anti-experts' log-probs")
-        return proxy(logprobs, anti, params.alpha) if models > 1 else logprobs[0]
+        return (proxy(logprobs, anti, params.alpha) if models > 1 else logprobs[0]), None
     weights = params.normalised_weights(models)
     if params.method == "mixture":
-        return mixture(logprobs, weights)
+        return mixture(logprobs, weights), weights.unsqueeze(-1).expand(models, logprobs.shape[1])
     if params.method == "product":
-        return product(logprobs, weights)
+        return product(logprobs, weights), weights.unsqueeze(-1).expand(models, logprobs.shape[1])
     if params.method == "entropy":
-        return mixture(logprobs, entropy_weights(logprobs, weights, params.temperature))
-    return mixture(logprobs, gate_weights(logprobs, weights, params.gate))
-
-
-def applied_weights(logprobs: torch.Tensor, params: FusionParams) -> torch.Tensor | None:
-    """The weights actually applied per row [M, B] (None for proxy), for reporting and inspection."""
-    models, rows = logprobs.shape[0], logprobs.shape[1]
-    if params.method == "proxy":
-        return None
-    weights = params.normalised_weights(models)
-    if params.method == "entropy":
-        return entropy_weights(logprobs, weights, params.temperature)
-    if params.method == "learned":
-        return gate_weights(logprobs, weights, params.gate)
-    return weights.unsqueeze(-1).expand(models, rows)
+        weights = entropy_weights(logprobs, weights, params.temperature)
+    else:
+        weights = gate_weights(logprobs, weights, params.gate)
+    return mixture(logprobs, weights), weights
 
 
 def default_weights(experts: int, expert_share: float = 0.3) -> tuple[float, ...]:

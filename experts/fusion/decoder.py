@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from experts.fusion.combine import FusionParams, applied_weights, fuse
+from experts.fusion.combine import FusionParams, fuse_with_weights
 from experts.fusion.fused import FusedModel
 from experts.fusion.sampling import SamplingOptions, ban_repeated_ngrams, choose, penalise_repeats
 from rag.local_llm import _cut, _settled, chat_inputs
@@ -36,7 +36,8 @@ class Generation:
 
 @dataclass
 class DecodeStats:
-    """Where one run's time went: the models' forward passes versus everything fusion adds."""
+    """Where one run's time went: the models' forward passes versus everything fusion adds
+    (log-softmax of each model's logits, the rule, sampling, stop checks)."""
 
     steps: int = 0
     rows: int = 0
@@ -153,13 +154,12 @@ class FusedDecoder:
             started = time.perf_counter()
             logprobs, anti_lp, states = self.model.prefill(ids, mask, anti)
             stats.prefill_s = time.perf_counter() - started
+            forward_before = self.model.forward_s
             seen = torch.zeros(len(prompts), self.model.vocab.size, dtype=torch.bool)
             if options.repetition_penalty != 1.0:
                 seen.scatter_(1, ids.clamp_max(self.model.vocab.size - 1), mask.bool())
             for step in range(options.max_tokens):
-                tick = time.perf_counter()
-                fused = fuse(logprobs, self.params, anti_lp)
-                weights = applied_weights(logprobs, self.params)
+                fused, weights = fuse_with_weights(logprobs, self.params, anti_lp)
                 if weights is not None:
                     weight_sums = weights.sum(-1) if weight_sums is None else weight_sums + weights.sum(-1)
                 scores = penalise_repeats(fused, seen, options.repetition_penalty)
@@ -170,13 +170,13 @@ class FusedDecoder:
                 stats.steps, stats.tokens = step + 1, stats.tokens + len(chosen)
                 if on_step is not None:
                     on_step(chosen)
-                finished = all(r.done for r in rows) or (cancel is not None and cancel.is_set())
-                stats.other_s += time.perf_counter() - tick
-                if finished or step == options.max_tokens - 1:
+                if all(r.done for r in rows) or (cancel is not None and cancel.is_set()):
                     break
-                tick = time.perf_counter()
-                logprobs, anti_lp = self.model.step(states, tokens, anti)
-                stats.forward_s += time.perf_counter() - tick
+                if step < options.max_tokens - 1:
+                    logprobs, anti_lp = self.model.step(states, tokens, anti)
+            decoding = time.perf_counter() - started - stats.prefill_s
+            stats.forward_s = self.model.forward_s - forward_before
+            stats.other_s = decoding - stats.forward_s
         if weight_sums is not None:
             stats.mean_weights = (weight_sums / max(1, stats.tokens)).tolist()
         self.last_stats = stats
@@ -185,6 +185,7 @@ class FusedDecoder:
     def _advance(self, rows: list[_Row], tokens: list[int], options: SamplingOptions) -> list[tuple[int, int]]:
         """Append each unfinished row's token and mark rows that hit end-of-turn or a stop string."""
         chosen = []
+        tail = max((len(stop) for stop in options.stop), default=0) + 8  # tokens enough to hold any stop string
         for index, (row, token) in enumerate(zip(rows, tokens)):
             if row.done:
                 continue
@@ -192,7 +193,8 @@ class FusedDecoder:
             chosen.append((index, token))
             if token in self.model.eos_ids:
                 row.done = "stop"
-            elif options.stop and _cut(self.tokenizer.decode(row.ids, skip_special_tokens=True), options.stop)[1]:
+            elif options.stop and _cut(self.tokenizer.decode(row.ids[-tail:], skip_special_tokens=True),
+                                       options.stop)[1]:
                 row.done = "stop"
             elif len(row.ids) >= options.max_tokens:
                 row.done = "length"

@@ -9,6 +9,7 @@ card's own base; when that is the fused base (the usual case) it is the base's r
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,7 @@ class FusedModel:
         self.eos_ids = {i for i in _as_list(generation_eos) + _as_list(self.tokenizer.eos_token_id)
                         if i < self.vocab.size}
         self.lock = threading.Lock()
+        self.forward_s = 0.0  # time inside the engines' decoding steps, so callers can tell fusion's own cost
 
     def describe(self) -> str:
         return "+".join([self.base, *[card.label for card in self.cards]])
@@ -151,8 +153,10 @@ class FusedModel:
     def step(self, states: dict[int, EngineState], tokens: torch.Tensor, anti: bool = False
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
         logits: list[torch.Tensor | None] = [None] * len(self.engines)
+        started = time.perf_counter()
         for index, state in states.items():
             logits[index] = self.engines[index].step(state, tokens)
+        self.forward_s += time.perf_counter() - started
         return self._split(logits, anti)
 
     def score(self, ids: torch.Tensor, mask: torch.Tensor, anti: bool = False
