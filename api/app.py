@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.metrics import REQUEST_SECONDS, REQUESTS
-from api.routers import cards, chat, collections, ops, retrieval
+from api.routers import cards, chat, collections, fusion, ops, retrieval
 from api.settings import ServiceSettings
 from api.state import ServiceState
 
@@ -70,7 +70,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="Mighty", version="0.1.0", lifespan=lifespan,
                   description="Retrieval, cited answers and small expert models for large ones.")
-    for module in (ops, collections, retrieval, chat, cards):
+    for module in (ops, collections, retrieval, chat, cards, fusion):
         app.include_router(module.router)
 
     @app.middleware("http")

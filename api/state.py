@@ -11,6 +11,7 @@ from typing import Any
 from api.db import make_sessions, open_database
 from api.keys import KeyStore
 from api.settings import ServiceSettings
+from experts.fusion.cards import use_registry
 from experts.registry import CardRegistry
 from indexes.collection import Collection, Home
 from rag.pipeline import AnswerPipeline
@@ -63,6 +64,7 @@ class ServiceState:
         self.engine = open_database(settings.resolved_database_url())
         self.keys = KeyStore(make_sessions(self.engine))
         self.cards = CardRegistry(self.engine, settings.cards_dir)
+        use_registry(self.cards)  # fusion: models name registered cards
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
         self.jobs: dict[str, Job] = {}
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mighty-index")
@@ -88,7 +90,7 @@ class ServiceState:
             self.retriever(name).search(RetrievalRequest(query="warm up", top_k=1))
 
     def pipeline(self, name: str, model: str) -> AnswerPipeline:
-        local = model.startswith("local/")
+        local = model.startswith(("local/", "fusion:", "fusion/"))  # in-process CPU models
         budget = self.settings.local_context_tokens if local else self.settings.context_tokens
         return AnswerPipeline(self.retriever(name), budget)
 

@@ -74,6 +74,10 @@ class FusionSettings(_Strict):
     weights: list[float] | None = Field(None, description="per-model weights, base first")
     alpha: float | None = Field(None, description="proxy-tuning strength")
     gate: dict[str, list[float]] | None = Field(None, description="entropy-gate parameters (learned method)")
+    temperature: float | None = Field(None, gt=0, description="entropy method: how sharply the more certain "
+                                                                "model is preferred")
+    experts: list[str] | None = Field(None, description="the cards the weights are for, in order (set when "
+                                                         "several cards were fitted together)")
     fitted_on: str | None = None
     validation_nll: float | None = None
 

@@ -2,6 +2,7 @@
 
 `local/<name>` models run in-process (registered as a LiteLLM custom provider), so the pipeline
 has a single code path whether the model is SmolLM2 on this CPU or a hosted frontier model.
+`fusion:<base>+<card>` (or `fusion/...`) models run in-process too, with expert cards fused in.
 """
 from __future__ import annotations
 
@@ -52,13 +53,19 @@ class LLMError(RuntimeError):
 def _arguments(options: LLMOptions, messages: list[dict], stream: bool) -> dict:
     import litellm
 
-    if options.model.startswith("local/"):
+    model = options.model
+    if model.startswith("local/"):
         from rag.litellm_local import register_local_provider
 
         register_local_provider()
+    if model.startswith(("fusion:", "fusion/")):  # base + expert cards fused in-process, token by token
+        from rag.litellm_fusion import register_fusion_provider
+
+        register_fusion_provider()
+        model = "fusion/" + model[len("fusion:"):] if model.startswith("fusion:") else model
     litellm.suppress_debug_info = True
     litellm.drop_params = True  # providers that lack a parameter ignore it instead of failing
-    arguments = {"model": options.model, "messages": messages, "timeout": options.timeout_s,
+    arguments = {"model": model, "messages": messages, "timeout": options.timeout_s,
                  "num_retries": options.retries, "max_tokens": options.max_tokens,
                  "temperature": options.temperature, "stream": stream}
     if options.api_base:

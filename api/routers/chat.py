@@ -1,8 +1,9 @@
 """OpenAI-compatible chat completions and model list.
 
 `model` selects the pipeline: `rag:<collection>` answers from that collection with citations (on
-the message and on the final streamed chunk, as `citations`); any other string is a LiteLLM model
-called with the messages as given.
+the message and on the final streamed chunk, as `citations`); `fusion:<base>+<card>` decodes with
+the base and expert cards fused token by token (api.routers.fusion); any other string is a LiteLLM
+model called with the messages as given.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from rag.pipeline import Prepared
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 RAG_PREFIX = "rag:"
+FUSION_PREFIX = "fusion:"
 
 
 @router.get("/models")
@@ -42,6 +44,10 @@ async def chat_completions(body: ChatRequest, state: ServiceState = Depends(get_
     temperature = body.temperature or 0.0
     completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    if body.model.startswith(FUSION_PREFIX):  # token-level fusion of a base with expert cards
+        from api.routers.fusion import chat_completion
+
+        return await chat_completion(body, state, completion_id)
     if body.model.startswith(RAG_PREFIX):
         collection = body.model[len(RAG_PREFIX):]
         question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")

@@ -1,0 +1,145 @@
+"""White-box logit fusion on held-out Paul Graham essays: perplexity of every rule, and decoding speed.
+
+Run from the repository root: `python benchmarks/fusion.py` (see --help).
+
+- Card: --card, else the trained card at /work/cards/pg-essays-card, else a quick LoRA made once by
+  benchmarks/fusion_quick_card.py into benchmarks/results/pg-quick-card (10% of essays held out).
+- Perplexity: `experts.fusion.evaluate` on the card's held-out essays only: half of them fit every
+  rule's parameters (learned = per-model scalars + entropy gate, by NLL), the other half is scored.
+  Targets: learned fusion below both base and expert (CombLM).
+- Speed: greedy decoding of --speed-tokens tokens after a 64-token essay prompt, batch 1: the base
+  with transformers' generate, the base through the fused decoder, and base + card under each rule,
+  with the card as a separate merged model ("separate") or as LoRA rows batched with the base
+  ("rows"). Runs are interleaved and repeated (--rounds); the best round is reported, because on a
+  shared CPU the slow rounds measure neighbours. Target: fused >= 0.5x the base's tokens/s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+CORPUS = REPO.parent / "shared" / "corpora" / "pg-essays" / "corpus.jsonl"
+TRAINED_CARD = Path("/work/cards/pg-essays-card")
+QUICK_CARD = REPO / "benchmarks" / "results" / "pg-quick-card"
+BASE = "smollm2-135m-instruct"
+METHODS = ("mixture", "product", "proxy", "entropy", "learned")
+
+
+def find_card(arg: Path | None) -> Path:
+    if arg is not None:
+        return arg
+    if (TRAINED_CARD / "card.toml").is_file():
+        return TRAINED_CARD
+    if not (QUICK_CARD / "card.toml").is_file():
+        print(f"no trained card at {TRAINED_CARD}; training a quick one into {QUICK_CARD}", file=sys.stderr)
+        subprocess.run([sys.executable, str(REPO / "benchmarks" / "fusion_quick_card.py"), str(QUICK_CARD)],
+                       check=True)
+    return QUICK_CARD
+
+
+def quality(card, corpus: Path, max_tokens: int | None, window: int):
+    from api.cli.context import RichProgress
+    from experts.fusion.evaluate import EvalOptions, evaluate
+
+    options = EvalOptions(max_tokens=max_tokens, window=window, speed_tokens=0)
+    with RichProgress() as bars:
+        def progress(stage, total):
+            bars.start(stage, total)
+            return bars.advance
+
+        return evaluate(BASE, [card], corpus, options, progress)
+
+
+def speed(card, fitted, prompt: list[int], tokens: int, rounds: int) -> dict[str, dict]:
+    """Best-of-rounds decoding figures per configuration (configurations interleaved within a round)."""
+    from experts.fusion.decoder import FusedDecoder
+    from experts.fusion.evaluate import base_tokens_per_s, decode_stats
+    from experts.fusion.fused import FusedModel
+
+    plain = FusedModel(BASE, [])
+    layouts = {"separate": FusedModel(BASE, [card], shared=False), "rows": FusedModel(BASE, [card], shared=True)}
+    configs = {"base: transformers generate": None, "base: fused decoder, no card": FusedDecoder(plain, plain.params())}
+    for layout, model in layouts.items():
+        for method in METHODS:
+            if layout == "rows" and method not in ("mixture", "learned"):
+                continue
+            configs[f"{layout}: {method}"] = FusedDecoder(model, fitted.params[method])
+    best: dict[str, dict] = {}
+    for _ in range(rounds):
+        for name, decoder in configs.items():
+            if decoder is None:
+                figures = {"tokens_per_s": base_tokens_per_s(BASE, prompt, tokens)}
+            else:
+                stats = decode_stats(decoder, prompt, tokens)
+                figures = {"tokens_per_s": stats.tokens_per_s,
+                           "forward_ms_per_step": 1000 * stats.forward_s / max(1, stats.steps - 1),
+                           "overhead_ms_per_step": stats.overhead_ms_per_step}
+            if name not in best or figures["tokens_per_s"] > best[name]["tokens_per_s"]:
+                best[name] = figures
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--card", type=Path, default=None)
+    parser.add_argument("--corpus", type=Path, default=CORPUS)
+    parser.add_argument("--max-tokens", type=int, default=12000, help="tokens scored per split (fit, score)")
+    parser.add_argument("--window", type=int, default=256)
+    parser.add_argument("--speed-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-quality", action="store_true", help="speed only (fits on 2,000 tokens)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from experts.fusion.cards import resolve_card
+
+    card = resolve_card(str(find_card(args.card)))
+    started = time.perf_counter()
+    report, fitted = quality(card, args.corpus, 2000 if args.skip_quality else args.max_tokens, args.window)
+    from experts.fusion.corpus import split_corpus
+    from experts.fusion.fused import tokenizer_of
+
+    essay = split_corpus(args.corpus, [card]).score[0]
+    prompt = tokenizer_of(BASE)(essay)["input_ids"][:64]
+    figures = speed(card, fitted, prompt, args.speed_tokens, args.rounds)
+    base_rate = figures["base: transformers generate"]["tokens_per_s"]
+
+    print(f"\nperplexity on {report.tokens} held-out tokens ({report.split}); parameters fitted on "
+          f"{report.fit_tokens} others")
+    print(f"| model | perplexity | vs base | parameters |\n|---|---|---|---|")
+    rows = [("base " + BASE, report.ppl_base, ""), *[(f"card {k}", v, "") for k, v in report.ppl_expert.items()],
+            *[(f"fused: {m}", report.ppl_fused[m], json.dumps(report.weights[m])) for m in METHODS],
+            ("fused: mixture, equal weights", report.ppl_equal_weights, "")]
+    for name, ppl, params in rows:
+        print(f"| {name} | {ppl:.3f} | {100 * (ppl / report.ppl_base - 1):+.1f}% | {params[:90]} |")
+    print(f"\ndecoding, batch 1, {args.speed_tokens} tokens, best of {args.rounds} rounds, {args.threads} threads")
+    print("| configuration | tokens/s | x base | forward ms/step | fusion overhead ms/step |\n|---|---|---|---|---|")
+    for name, f in figures.items():
+        print(f"| {name} | {f['tokens_per_s']:.2f} | {f['tokens_per_s'] / base_rate:.2f} | "
+              f"{f.get('forward_ms_per_step', float('nan')):.1f} | {f.get('overhead_ms_per_step', float('nan')):.2f} |")
+    learned = report.ppl_fused["learned"]
+    result = {"card": card.label, "tokens": report.tokens, "fit_tokens": report.fit_tokens,
+              "ppl_base": report.ppl_base, "ppl_expert": report.ppl_expert, "ppl_fused": report.ppl_fused,
+              "ppl_equal_weights": report.ppl_equal_weights, "weights": report.weights,
+              "learned_beats_both": learned < report.ppl_base and learned < min(report.ppl_expert.values()),
+              "speed": figures, "load_avg": os.getloadavg()[0], "seconds": round(time.perf_counter() - started, 1)}
+    print(json.dumps(result))
+    out = REPO / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fusion.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

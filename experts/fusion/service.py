@@ -1,0 +1,111 @@
+"""One entry point for everything that serves fusion (REST router, LiteLLM provider, CLI).
+
+It turns a model string or a (base, cards, method) request into a ready FusedDecoder over a
+process-wide cached FusedModel, and every expected failure into a FusionError carrying the HTTP
+status it deserves: an unknown card is 404, a card that cannot be fused is 422.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from experts.fusion.cards import CardNotFound, CardRef, resolve_card
+from experts.fusion.decoder import FusedDecoder, Generation
+from experts.fusion.fused import get_fused_model
+from experts.fusion.sampling import SamplingOptions
+from experts.fusion.spec import FusionSpecError, parse_fusion_model
+from experts.fusion.vocab import VocabularyMismatch
+from experts.manifest import ManifestError
+from experts.models import ModelLoadError
+from rag.local_llm import GenerationTimeout, LocalModelError
+
+
+class FusionError(ValueError):
+    """A fusion request that cannot be served; `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def resolve_cards(names: list[str] | tuple[str, ...]) -> list[CardRef]:
+    if not names:
+        raise FusionError("name at least one card")
+    try:
+        return [resolve_card(name, allow_paths=False) for name in names]  # clients name registered cards
+    except CardNotFound as error:
+        raise FusionError(str(error), 404) from None
+    except ManifestError as error:
+        raise FusionError(str(error), 422) from None
+
+
+def load_decoder(base: str | None, cards: list[CardRef], method: str | None = None,
+                 weights: list[float] | None = None, alpha: float | None = None,
+                 temperature: float | None = None) -> FusedDecoder:
+    """A decoder for base + cards with the requested rule (default: the cards' fitted rule, else mixture)."""
+    base = base or cards[0].base
+    try:
+        model = get_fused_model(base, cards)
+        return FusedDecoder(model, model.params(method, weights, alpha, temperature))
+    except VocabularyMismatch as error:
+        raise FusionError(str(error), 422) from None
+    except (ModelLoadError, LocalModelError) as error:
+        raise FusionError(str(error), 404) from None
+    except ValueError as error:
+        raise FusionError(str(error), 422) from None
+
+
+def decoder_for_model(model: str, method: str | None = None, weights: list[float] | None = None,
+                      alpha: float | None = None, temperature: float | None = None) -> FusedDecoder:
+    """A decoder for a `fusion:<base>+<card>[+<card>]` (or `fusion/...`) model string."""
+    try:
+        spec = parse_fusion_model(model)
+    except FusionSpecError as error:
+        raise FusionError(str(error), 422) from None
+    return load_decoder(spec.base, resolve_cards(spec.cards), method, weights, alpha, temperature)
+
+
+class _Deadline:
+    """Cancels a generation when its time is up, and remembers that it did."""
+
+    def __init__(self, cancel: threading.Event, timeout: float | None) -> None:
+        self.cancel, self.expired = cancel, False
+        self._timer = threading.Timer(timeout, self._expire) if timeout else None
+        if self._timer is not None:
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.cancel.set()
+
+    def close(self, what: str, timeout: float | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.expired:
+            raise GenerationTimeout(f"fused model {what} did not finish within {timeout:g}s")
+
+
+def chat_generation(decoder: FusedDecoder, messages: list[dict], options: SamplingOptions,
+                    timeout: float | None = None, cancel: threading.Event | None = None) -> Generation:
+    """Complete one chat; GenerationTimeout (like the local models') when `timeout` seconds pass."""
+    cancel = cancel or threading.Event()
+    deadline = _Deadline(cancel, timeout)
+    try:
+        result = decoder.generate([decoder.encode_chat(messages)], options, cancel=cancel)[0]
+    finally:
+        deadline.close(decoder.model.describe(), timeout)
+    return result
+
+
+def chat_stream(decoder: FusedDecoder, messages: list[dict], options: SamplingOptions,
+                timeout: float | None = None, cancel: threading.Event | None = None,
+                results: list[Generation] | None = None) -> Iterator[str]:
+    """Text deltas of one chat completion; their concatenation is chat_generation's text."""
+    cancel = cancel or threading.Event()
+    deadline = _Deadline(cancel, timeout)
+    try:
+        for _, delta in decoder.stream([decoder.encode_chat(messages)], options, results, cancel):
+            yield delta
+    finally:
+        deadline.close(decoder.model.describe(), timeout)
