@@ -26,7 +26,8 @@ def server(demo_home, tmp_path_factory):
     model = f"fusion:{BASE}+{card}"
     port = free_port()
     env = {**os.environ, "MIGHTY_HOME": str(home), "HF_HUB_OFFLINE": "1", "MIGHTY_ANSWER_TOKENS": "24",
-           "MIGHTY_LLM_THREADS": "2"}
+           "MIGHTY_LLM_THREADS": "2",
+           "MIGHTY_LOCAL_CONTEXT_TOKENS": "300", "MIGHTY_LLM_TIMEOUT_S": "600"}  # CPU prefill of two models
     # the server's default LLM is the fused model: rag: answers go through it
     process = start_server(["serve", "--port", str(port), "--llm", model], port, env, root / "server.log", 240)
     yield {"base": f"http://127.0.0.1:{port}", "model": model, "card": card, "folder": folder, "root": root}
