@@ -4,7 +4,7 @@
 exists so that `benchmarks/fusion.py` can run anywhere. It holds out 10% of the essays (by title,
 seeded), trains on the rest and records the held-out titles in the manifest like a real card.
 
-    python benchmarks/fusion_quick_card.py OUT_FOLDER [--steps 150]
+    python benchmarks/fusion_quick_card.py OUT_FOLDER [--steps 80]
 """
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
     parser.add_argument("--corpus", type=Path, default=CORPUS)
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--length", type=int, default=256)
+    parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -83,6 +83,9 @@ def main() -> None:
             optimiser.zero_grad()
             seen += int(mask.sum())
             progress.update(task, advance=1, description=f"training LoRA (loss {loss.item():.3f})")
+            if not sys.stderr.isatty() and step % 10 == 0:
+                print(f"step {step}/{args.steps} loss {loss.item():.3f} {time.perf_counter() - started:.0f}s",
+                      file=sys.stderr, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(args.out / "adapter"), safe_serialization=True)
     elapsed = time.perf_counter() - started

@@ -147,3 +147,16 @@ def test_batched_prompts_decode_as_they_do_alone(fused):
     together = [g.token_ids for g in decoder.generate(prompts, options)]
     alone = [decoder.generate([p], options)[0].token_ids for p in prompts]
     assert together == alone
+
+
+def test_sampling_controls_on_the_fused_decoder(fused):
+    decoder = FusedDecoder(fused[True], FusionParams("entropy", temperature=1.0))
+    prompts = [decoder.encode_chat(PROMPT)]
+    sampled = SamplingOptions(max_tokens=8, temperature=0.9, top_p=0.9, top_k=20, repetition_penalty=1.3, seed=3)
+    first, second = decoder.generate(prompts, sampled)[0], decoder.generate(prompts, sampled)[0]
+    assert first.token_ids == second.token_ids  # a seed makes sampling reproducible
+    greedy = decoder.generate(prompts, SamplingOptions(max_tokens=8))[0]
+    cut_at = greedy.text.strip().split(" ")[1]  # the second word greedy decoding writes
+    stopped = decoder.generate(prompts, SamplingOptions(max_tokens=8, stop=[cut_at]))[0]
+    assert stopped.finish_reason == "stop" and cut_at not in stopped.text and greedy.text.startswith(stopped.text)
+    assert decoder.last_stats.mean_weights is not None and len(decoder.last_stats.mean_weights) == 2

@@ -80,6 +80,11 @@ async def _decoder(loader, *args, **kwargs):
         raise _http(error) from None
 
 
+def _invalid(error: ValidationError) -> HTTPException:
+    reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, reasons)
+
+
 def _timeout_error(error: Exception) -> HTTPException:
     return HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, {"stage": "llm", "message": str(error)})
 
@@ -93,7 +98,10 @@ async def generate(body: FusionGenerateRequest, state: ServiceState = Depends(ge
     cards = await run_in_threadpool(_cards_or_http, resolve_cards, body.cards)
     decoder = await _decoder(load_decoder, body.base, cards, body.method, body.weights, body.alpha,
                              body.entropy_temperature)
-    options = body.sampling()
+    try:
+        options = body.sampling()
+    except ValidationError as error:
+        raise _invalid(error) from None
     if body.messages is not None:
         prompts = [decoder.encode_chat(body.messages)]
     else:
@@ -188,8 +196,7 @@ async def chat_completion(body: ChatRequest, state: ServiceState, completion_id:
             repetition_penalty=extra.get("repetition_penalty") or 1.0,
             no_repeat_ngram=extra.get("no_repeat_ngram", LOOP_NGRAM), stop=extra.get("stop"), seed=extra.get("seed"))
     except ValidationError as error:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())) from None
+        raise _invalid(error) from None
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     timeout = state.settings.llm_timeout_s
     if body.stream:

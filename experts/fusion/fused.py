@@ -173,7 +173,8 @@ class FusedModel:
     def params(self, method: str | None = None, weights: list[float] | None = None, alpha: float | None = None,
                temperature: float | None = None) -> FusionParams:
         """The rule to use: explicit arguments, else what `mighty fusion fit` stored for these cards and
-        this base, else defaults (mixture, base weight 0.7)."""
+        this base, else defaults (mixture; base weight 0.7 for mixture and product, an equal prior for
+        the entropy rule, alpha 1 for proxy)."""
         fitted = self._fitted()
         method = method or (fitted.method if fitted else None) or DEFAULT_METHOD
         use_fit = fitted is not None and fitted.method == method
@@ -186,7 +187,8 @@ class FusedModel:
                              "run `mighty fusion fit --method learned` first, or choose another method")
         return FusionParams(
             method=method,
-            weights=tuple(weights) if weights else stored_weights or default_weights(len(self.cards)),
+            weights=tuple(weights) if weights else stored_weights or (
+                default_weights(len(self.cards)) if method in ("mixture", "product") else None),
             alpha=alpha if alpha is not None else (fitted.alpha if use_fit and fitted.alpha is not None else 1.0),
             temperature=temperature if temperature is not None else (
                 fitted.temperature if use_fit and fitted.temperature is not None else 1.0),
