@@ -73,7 +73,8 @@ def resolve_card(name_or_path: str, registry: Any = None, allow_paths: bool = Tr
         try:
             stored = registry.get(name, version or None)
         except CardError as error:
-            raise CardNotFound(f"no card {name_or_path!r}: {error}") from None
+            hint = "; or give the path of a card folder (holding card.toml)" if allow_paths else ""
+            raise CardNotFound(f"no card {name_or_path!r}: {error}{hint}") from None
         ref = CardRef(stored.manifest, stored.path, registered=True)
     if "fusion" not in ref.manifest.kind:
         raise ManifestError(f"card {ref.label} ({ref.folder}) is not a fusion card (kind = {ref.manifest.kind}); "
