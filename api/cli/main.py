@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from api.cli import eval_commands, index_commands, search_commands, serve_commands
+from api.cli import eval_commands, index_commands, search_commands, serve_commands, train_commands
 from api.cli.context import quiet_models
 
 app = typer.Typer(name="mighty", help="Mighty: retrieval and small expert models that make large ones better.",
@@ -16,6 +16,10 @@ app.command("search")(search_commands.search)
 app.command("demo")(search_commands.demo)
 app.command("serve")(serve_commands.serve)
 app.add_typer(serve_commands.keys_app, name="keys")
+# Temporary: the registry branch builds the rest of `mighty cards`; the lead merges `train` into it.
+cards_app = typer.Typer(help="Expert cards: small LoRA models for a domain.", no_args_is_help=True)
+cards_app.command("train")(train_commands.train)
+app.add_typer(cards_app, name="cards")
 
 
 @app.callback()
