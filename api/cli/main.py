@@ -1,6 +1,13 @@
 """Entry point of the `mighty` command."""
 from __future__ import annotations
 
+import os
+
+# Before torch loads OpenMP: idle worker threads sleep instead of spinning. On a shared CPU a spinning
+# thread waits for a descheduled peer at every barrier; training measured 9 tokens/s spinning vs 90
+# passive on 2 busy cores (benchmarks/RESULTS.md, card training).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from pathlib import Path
 
 import typer

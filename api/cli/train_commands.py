@@ -47,6 +47,10 @@ def train(ctx: typer.Context,
           out_dir: Path = typer.Option(None, "--out", help="Card folder (default <home>/training/NAME)."),
           resume: bool = typer.Option(None, "--resume/--no-resume",
                                       help="Default: resume when a checkpoint of the same settings exists."),
+          threads: int = typer.Option(None, "--threads", min=1,
+                                      help="CPU threads for torch (default: one per core)."),
+          checkpoint_every: int = typer.Option(10, "--checkpoint-every", min=1,
+                                               help="Steps between checkpoints (resume points)."),
           overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished card in the folder."),
           register: bool = typer.Option(True, "--register/--no-register", help="Register the finished card."),
           as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the figures.")) -> None:
@@ -70,7 +74,11 @@ def train(ctx: typer.Context,
     request = TrainRequest(corpus=corpus, name=name, out=(out_dir or home.root / "training" / name).expanduser(),
                            settings=settings, owner=owner, kind=kind, version=version or next_version(home, name),
                            domain=domain, description=description, home_root=home.root, resume=resume,
-                           overwrite=overwrite)
+                           checkpoint_every=checkpoint_every, overwrite=overwrite)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         report = train_card(request, err)
     except (CorpusError, ModelLoadError, TrainingError, ValueError) as exc:

@@ -27,7 +27,7 @@ def write_adapter(model: Any, out: Path, base: str) -> Path:
     shutil.rmtree(temporary, ignore_errors=True)
     for config in model.peft_config.values():
         config.base_model_name_or_path = base  # the reference the manifest uses, not a local cache path
-    model.save_pretrained(str(temporary), safe_serialization=True)
+    model.save_pretrained(str(temporary), safe_serialization=True, save_embedding_layers=False)
     (temporary / "README.md").unlink(missing_ok=True)  # peft's hub model-card stub; card.toml describes the card
     fsync_tree(temporary)
     final = out / ADAPTER_DIR
