@@ -99,6 +99,7 @@ class CardMetrics(_Strict):
     train_tokens: int | None = None
     train_tokens_per_s: float | None = None
     steps: int | None = None
+    heldout_tokens: int | None = Field(None, description="held-out tokens the perplexities were measured on")
     measured_at: datetime | None = None
 
 
@@ -117,6 +118,8 @@ class CardManifest(_Strict):
     fusion: FusionSettings = Field(default_factory=FusionSettings)
     metrics: CardMetrics = Field(default_factory=CardMetrics)
     heldout: HeldoutSplit | None = None
+    training: dict[str, Any] | None = Field(None, description="the settings `mighty cards train` used, so a "
+                                                                "card can be reproduced")
 
     @field_validator("name")
     @classmethod

@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import os
+
+# Before torch loads OpenMP: idle worker threads sleep instead of spinning. On a shared CPU a spinning
+# thread waits for a descheduled peer at every barrier; training measured 9 tokens/s spinning vs 90
+# passive on 2 busy cores (benchmarks/RESULTS.md, card training).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from pathlib import Path
 
 import typer
 
 from api.cli import (card_commands, eval_commands, fusion_commands, index_commands, search_commands,
-                     serve_commands)
+                     serve_commands, train_commands)
 from api.cli.context import quiet_models
 
 app = typer.Typer(name="mighty", help="Mighty: retrieval and small expert models that make large ones better.",
@@ -19,6 +25,7 @@ app.command("search")(search_commands.search)
 app.command("demo")(search_commands.demo)
 app.command("serve")(serve_commands.serve)
 app.add_typer(serve_commands.keys_app, name="keys")
+card_commands.app.command("train")(train_commands.train)
 app.add_typer(card_commands.app, name="cards")
 
 
