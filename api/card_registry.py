@@ -18,7 +18,7 @@ def open_registry(home: Path | str | None = None, settings: ServiceSettings | No
     """The registry of `home` (a path or an `indexes.collection.Home`; default: the settings' home)."""
     from api.db import open_database
 
-    root = getattr(home, "root", home)
+    root = home if home is None or isinstance(home, (str, Path)) else home.root  # (a Path's .root is "/")
     settings = settings or (ServiceSettings(home=Path(root)) if root is not None else ServiceSettings())
     return CardRegistry(open_database(settings.resolved_database_url()), settings.cards_dir)
 

@@ -20,13 +20,17 @@ def server(demo_home, tmp_path_factory):
     root = tmp_path_factory.mktemp("card-answers")
     home = root / "home"
     shutil.copytree(demo_home, home)
-    docs_card = make_card(root / "docs-card", "mighty-docs", description="How the Mighty retrieval service indexes "
-                          "documents, survives crashes during indexing and keeps serving queries",
-                          domain="Mighty operations", collection="demo")
+    # the docs card goes through the whole lifecycle: trained on the collection, validated, registered, active
+    trained = run_mighty(home, "cards", "train", "--corpus", "collection:demo", "--name", "mighty-docs",
+                         "--steps", "2", "--block-size", "64", "--batch-size", "2", "--eval-tokens", "128",
+                         "--owner", "ops", "--domain", "Mighty operations", "--description",
+                         "How the Mighty retrieval service indexes documents, survives crashes during indexing "
+                         "and keeps serving queries", "--threads", "2")
+    assert trained.returncode == 0, trained.stderr
+    assert "registered card:mighty-docs@1" in trained.stderr
     token_card = make_card(root / "token-card", "tokens", kind="fusion", seed=3)
-    for card in (docs_card, token_card):
-        registered = run_mighty(home, "cards", "register", str(card))
-        assert registered.returncode == 0, registered.stderr
+    registered = run_mighty(home, "cards", "register", str(token_card))
+    assert registered.returncode == 0, registered.stderr
     port = free_port()
     env = {**os.environ, "MIGHTY_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     process = start_server(["serve", "--port", str(port)], port, env, root / "server.log", 300)
