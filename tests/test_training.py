@@ -204,6 +204,31 @@ def test_bad_input_is_a_clear_error(case, tmp_path):
     assert not (tmp_path / "home" / "training" / "x" / "card.toml").exists()
 
 
+def test_a_collection_corpus_is_its_documents_rebuilt_from_chunks(tmp_path):
+    from indexes.collection import Home
+    from indexes.config import ChunkingConfig, CollectionConfig
+    from indexes.readers import read_paths
+
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    texts = {}
+    for number in range(3):
+        text = f"# Notes {number}\n\n" + " ".join(f"Fact {line} of notebook {number}." for line in range(40))
+        (folder / f"n{number}.md").write_text(text, encoding="utf-8")
+        texts[f"Notes {number}"] = text
+    collection = Home(tmp_path / "home").create(CollectionConfig(name="notes",
+                                                                 chunking=ChunkingConfig(size=48, overlap=12)))
+    with collection.writer() as writer:
+        for document in read_paths([str(folder)], collection.config.max_document_bytes):
+            writer.upsert(document)
+        writer.commit()
+    assert collection.stats()["chunks"] > 3 * 2  # several overlapping chunks per document
+
+    corpus = load_corpus("collection:notes", tmp_path / "home")
+    assert corpus.key == "title" and corpus.name == "notes"
+    assert {document.key: document.text for document in corpus.documents} == texts
+
+
 def test_corpus_errors_name_the_problem(tmp_path):
     with pytest.raises(CorpusError, match="collection:nothing"):
         load_corpus("collection:nothing", tmp_path)

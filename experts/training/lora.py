@@ -111,7 +111,7 @@ def train(model: Any, blocks: Blocks, settings: TrainSettings, fingerprint: str,
     micro = min(settings.micro_batch, settings.batch_size)
     model.train()
     step = start
-    with _progress(console) as progress:
+    with _TrainingBar(console) as progress:
         task = progress.add_task("training", total=total, completed=start, loss=last_loss, rate=0.0)
         for step in range(start, total):
             began = time.perf_counter()
@@ -149,7 +149,7 @@ def _accumulate(model: Any, batch: Blocks, micro: int) -> float:
     return total
 
 
-class _progress:
+class _TrainingBar:
     """A rich bar on stderr with the step loss and tokens/s (silent when stderr is not a terminal)."""
 
     def __init__(self, console: Console | None) -> None:

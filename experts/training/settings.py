@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_BASE = "smollm2-135m-instruct"
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# 80 steps x 2 blocks x 256 tokens = 41k training tokens: about 8 minutes at the ~90 tokens/s one busy
+# core sustains, plus two held-out scorings of 4,096 tokens. With lr 3e-3 this cut pg-essays held-out
+# perplexity by 30% in tuning, where lr 6e-3 gave 22% and 10k tokens gave 21-22%.
+DEFAULT_STEPS = 80
 
 
 class TrainSettings(BaseModel):
@@ -22,10 +26,10 @@ class TrainSettings(BaseModel):
     base: str = DEFAULT_BASE
     steps: int | None = Field(None, ge=1, description="optimizer steps (default: DEFAULT_STEPS unless epochs)")
     epochs: float | None = Field(None, gt=0, description="passes over the training blocks instead of steps")
-    batch_size: int = Field(4, ge=1, le=512, description="blocks per optimizer step")
-    micro_batch: int = Field(4, ge=1, le=512, description="blocks per forward pass (gradient accumulation)")
+    batch_size: int = Field(2, ge=1, le=512, description="blocks per optimizer step")
+    micro_batch: int = Field(2, ge=1, le=512, description="blocks per forward pass (gradient accumulation)")
     block_size: int = Field(256, ge=8, le=8192, description="tokens per block")
-    lr: float = Field(2e-3, gt=0, le=1.0)
+    lr: float = Field(3e-3, gt=0, le=1.0)
     warmup_fraction: float = Field(0.05, ge=0, lt=1)
     min_lr_fraction: float = Field(0.1, ge=0, le=1, description="cosine decays to lr x this")
     weight_decay: float = Field(0.0, ge=0)
@@ -37,7 +41,7 @@ class TrainSettings(BaseModel):
                                                              "backward then stops below them")
     seed: int = 0
     heldout_fraction: float = Field(0.1, gt=0, lt=1)
-    eval_tokens: int | None = Field(8192, ge=0, description="held-out tokens scored (0 or None: all)")
+    eval_tokens: int | None = Field(4096, ge=0, description="held-out tokens scored (0 or None: all)")
     eval_batch: int = Field(8, ge=1, le=512)
 
     @model_validator(mode="after")
@@ -62,8 +66,8 @@ class TrainSettings(BaseModel):
     def fingerprint(self, corpus_sha256: str, heldout: list[str]) -> str:
         """What a checkpoint must match to be resumed: everything that changes the trained weights."""
         payload = self.model_dump(mode="json", exclude={"eval_tokens", "eval_batch"})
+        if payload["steps"] is None and payload["epochs"] is None:
+            payload["steps"] = DEFAULT_STEPS  # the default and an explicit --steps 80 are the same run
         payload.update(corpus_sha256=corpus_sha256, heldout=heldout)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
-
-DEFAULT_STEPS = 100
