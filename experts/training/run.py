@@ -7,7 +7,6 @@ complete) carries the training state and the base's held-out score.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -127,7 +126,7 @@ def train_card(request: TrainRequest, console: Console | None = None) -> TrainRe
     card_nll = _score(merged, eval_blocks, settings, "scoring the card on held-out text", console)
     manifest = _manifest(request, corpus, heldout, train_docs, base_nll, card_nll, outcome)
     write_manifest(manifest, request.out)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the card is complete; training state is no longer needed
+    checkpoint.clear(checkpoint_dir)  # the card is complete; its training state is no longer needed
     return TrainReport(**report, card_dir=str(request.out), finished=True, heldout_ppl_card=card_nll.perplexity,
                        ppl_reduction=1 - card_nll.perplexity / base_nll.perplexity,
                        total_seconds=round(time.perf_counter() - began, 3))
@@ -162,7 +161,7 @@ def _resume_point(folder: Path, fingerprint: str, resume: bool | None, console: 
         if resume is True:
             raise TrainingError(f"--resume: the checkpoint in {folder} was made with other settings or another "
                                 "corpus; run the original command again, or drop --resume to start afresh")
-        shutil.rmtree(folder, ignore_errors=True)
+        checkpoint.clear(folder)
         return None
     if saved is None and resume is True:
         raise TrainingError(f"--resume: no checkpoint in {folder}; drop --resume to start training")
