@@ -234,3 +234,11 @@ def test_corpus_errors_name_the_problem(tmp_path):
         load_corpus("collection:nothing", tmp_path)
     with pytest.raises(CorpusError, match="at least 2"):
         split_heldout(["only"], 0.1, seed=0)
+
+
+def test_a_new_card_version_is_the_next_free_whole_number():
+    from api.cli.train_commands import next_free_version
+
+    assert next_free_version([]) == "1"
+    assert next_free_version(["1", "2"]) == "3"
+    assert next_free_version(["1.0.0", "4", "2"]) == "5"

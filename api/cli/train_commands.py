@@ -87,14 +87,13 @@ def train(ctx: typer.Context,
         _print(report, as_json)
         err.print(f"stopped after step {report.steps} of {report.total_steps}; run the same command again to resume")
         raise typer.Exit(EXIT_INTERRUPTED)
-    if register:
-        register_card(home, Path(report.card_dir or ""), owner)
-    _print(report, as_json)
+    registered = register_card(home, Path(report.card_dir or ""), owner) if register else None
+    _print(report, as_json, registered)
 
 
-def _print(report: TrainReport, as_json: bool) -> None:
+def _print(report: TrainReport, as_json: bool, registered: str | None = None) -> None:
     if as_json:
-        out.print_json(json.dumps(report.model_dump(mode="json")))
+        out.print_json(json.dumps({**report.model_dump(mode="json"), "registered": registered}))
         return
     table = Table("", "value")
     table.add_row("card", f"{report.name}@{report.version}" + (f" in {report.card_dir}" if report.card_dir else ""))
@@ -106,21 +105,37 @@ def _print(report: TrainReport, as_json: bool) -> None:
                       f"{report.heldout_ppl_card:.2f} ({abs(report.ppl_reduction):.1%} {change})")
     table.add_row("training", f"{report.steps}/{report.total_steps} steps, {report.train_tokens} tokens, "
                               f"{report.train_seconds:.0f} s, {report.train_tokens_per_s:.0f} tokens/s")
+    if registered:
+        table.add_row("registered", registered)
     out.print(table)
 
 
 # --- registry seam -------------------------------------------------------------------------------
-# wired at merge: the registry branch provides `open_registry(home) -> CardRegistry` with
-# `.register(folder, actor, activate=None) -> CardRef` and `experts.registry.Actor(name, team, is_admin)`.
-# Until then a trained card is only written to its folder; these two functions are the only places
-# that must change.
+# wired at merge: the registry branch provides `api.card_registry.open_registry(home) -> CardRegistry`
+# (`.versions(name) -> list[CardRef]`, `.register(folder, actor, activate=None) -> CardRef`) and
+# `api.card_registry.operator_actor()`. Until then a trained card is only written to its folder;
+# these two functions are the only places that change.
 
 def next_version(home: Home, name: str) -> str:
-    """The version a new card of this name gets (wired at merge: the next free version in the registry)."""
-    return "1"
+    """The version a new card of this name gets: the next free one in the registry.
+    wired at merge: `existing = [ref.version for ref in open_registry(home).versions(name)]`."""
+    existing: list[str] = []
+    return next_free_version(existing)
 
 
-def register_card(home: Home, folder: Path, owner: str) -> None:
-    """Register the finished card folder (wired at merge: `open_registry(home).register(folder, Actor(...))`)."""
-    err.print(f"card written to {folder}; register it with `mighty cards register {folder}`"
-              f" (owner {owner})", highlight=False)
+def next_free_version(existing: list[str]) -> str:
+    """One more than the highest whole-number version ("1" for a new name), never one already taken."""
+    taken = set(existing)
+    candidate = max((int(version) for version in existing if version.isdigit()), default=0) + 1
+    while str(candidate) in taken:
+        candidate += 1
+    return str(candidate)
+
+
+def register_card(home: Home, folder: Path, owner: str) -> str | None:
+    """Register the finished card folder; returns its reference (name@version), None while unwired.
+    wired at merge: `ref = open_registry(home).register(folder, operator_actor())`, refusals (CardError)
+    -> fail(..., EXIT_ERROR) saying the card folder is kept and can be registered later."""
+    err.print(f"card written to {folder} (owner {owner}); register it with `mighty cards register {folder}`",
+              highlight=False)
+    return None
