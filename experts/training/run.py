@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -81,6 +81,7 @@ def train_card(request: TrainRequest, console: Console | None = None) -> TrainRe
     began = time.perf_counter()
     console = console or Console(stderr=True)
     settings = request.settings
+    _check_card_fields(request)
     corpus = load_corpus(request.corpus, request.home_root)
     heldout = split_heldout([document.key for document in corpus.documents], settings.heldout_fraction,
                             settings.seed)
@@ -168,6 +169,19 @@ def _resume_point(folder: Path, fingerprint: str, resume: bool | None, console: 
     if saved is not None:
         console.print(f"resuming from the checkpoint at step {saved.step} in {folder}")
     return saved
+
+
+def _check_card_fields(request: TrainRequest) -> None:
+    """Refuse a name, version, owner, domain or description the manifest would reject, before training
+    rather than after ten minutes of it."""
+    try:
+        CardManifest(name=request.name, version=request.version, owner=request.owner, kind=request.kind,
+                     domain=request.domain or "-", description=request.description or "-",
+                     model=ModelSpec(base=request.settings.base, adapter="adapter"))
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "card"
+        raise TrainingError(f"{field}: {first['msg']}; fix the option and run again") from None
 
 
 def _score(model, blocks: Blocks, settings: TrainSettings, label: str, console: Console) -> NLL:
