@@ -179,7 +179,8 @@ def test_cli_trains_reports_json_and_records_the_split(corpus_file, tiny_base, t
     assert load_manifest(card).metrics == manifest.metrics
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "single", "bad-json", "unknown-base", "bad-name"])
+@pytest.mark.parametrize("case", ["missing", "empty", "single", "bad-json", "unknown-base", "bad-name",
+                                  "bad-version"])
 def test_bad_input_is_a_clear_error(case, tmp_path):
     from api.cli.main import app
 
@@ -194,12 +195,14 @@ def test_bad_input_is_a_clear_error(case, tmp_path):
             "Bad Name" if case == "bad-name" else "x", "--no-register"]
     if case == "unknown-base":
         args += ["--base", "no-such-org/no-such-model"]
+    if case == "bad-version":
+        args += ["--version", "two words"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1, result.output
     message = " ".join(result.output.split())
     expected = {"missing": f"{corpus}: no such file", "empty": "the corpus is empty", "single": "at least 2",
                 "bad-json": f"{corpus}:3: malformed JSON", "unknown-base": "no-such-org/no-such-model",
-                "bad-name": "--name 'Bad Name'"}[case]
+                "bad-name": "--name 'Bad Name'", "bad-version": "version: Value error, version must be"}[case]
     assert expected in message
     assert not (tmp_path / "home" / "training" / "x" / "card.toml").exists()
 
@@ -234,3 +237,11 @@ def test_corpus_errors_name_the_problem(tmp_path):
         load_corpus("collection:nothing", tmp_path)
     with pytest.raises(CorpusError, match="at least 2"):
         split_heldout(["only"], 0.1, seed=0)
+
+
+def test_a_new_card_version_is_the_next_free_whole_number():
+    from api.cli.train_commands import next_free_version
+
+    assert next_free_version([]) == "1"
+    assert next_free_version(["1", "2"]) == "3"
+    assert next_free_version(["1.0.0", "4", "2"]) == "5"

@@ -87,14 +87,13 @@ def train(ctx: typer.Context,
         _print(report, as_json)
         err.print(f"stopped after step {report.steps} of {report.total_steps}; run the same command again to resume")
         raise typer.Exit(EXIT_INTERRUPTED)
-    if register:
-        register_card(home, Path(report.card_dir or ""), owner)
-    _print(report, as_json)
+    registered = register_card(home, Path(report.card_dir or ""), owner) if register else None
+    _print(report, as_json, registered)
 
 
-def _print(report: TrainReport, as_json: bool) -> None:
+def _print(report: TrainReport, as_json: bool, registered: str | None = None) -> None:
     if as_json:
-        out.print_json(json.dumps(report.model_dump(mode="json")))
+        out.print_json(json.dumps({**report.model_dump(mode="json"), "registered": registered}))
         return
     table = Table("", "value")
     table.add_row("card", f"{report.name}@{report.version}" + (f" in {report.card_dir}" if report.card_dir else ""))
@@ -106,34 +105,44 @@ def _print(report: TrainReport, as_json: bool) -> None:
                       f"{report.heldout_ppl_card:.2f} ({abs(report.ppl_reduction):.1%} {change})")
     table.add_row("training", f"{report.steps}/{report.total_steps} steps, {report.train_tokens} tokens, "
                               f"{report.train_seconds:.0f} s, {report.train_tokens_per_s:.0f} tokens/s")
+    if registered:
+        table.add_row("registered", registered)
     out.print(table)
 
 
 # --- registry ------------------------------------------------------------------------------------
 
 def next_version(home: Home, name: str) -> str:
-    """The next free whole-number version of this card name in the home's registry ("1" for a new card)."""
+    """The version a new card of this name gets: the next free one in the home's registry."""
     from api.card_registry import open_registry
     from experts.errors import CardNotFound
 
     try:
-        taken = {ref.version for ref in open_registry(home.root).versions(name)}
+        existing = [ref.version for ref in open_registry(home.root).versions(name)]
     except CardNotFound:
-        return "1"
-    version = len(taken) + 1
-    while str(version) in taken:
-        version += 1
-    return str(version)
+        existing = []
+    return next_free_version(existing)
 
 
-def register_card(home: Home, folder: Path, owner: str) -> None:
-    """Register the trained card and make it the active version (`mighty cards rollback` undoes that)."""
+def next_free_version(existing: list[str]) -> str:
+    """One more than the highest whole-number version ("1" for a new name), never one already taken."""
+    taken = set(existing)
+    candidate = max((int(version) for version in existing if version.isdigit()), default=0) + 1
+    while str(candidate) in taken:
+        candidate += 1
+    return str(candidate)
+
+
+def register_card(home: Home, folder: Path, owner: str) -> str | None:
+    """Register the trained card and make it the active version (`mighty cards rollback` undoes that);
+    returns its reference (card:name@version)."""
     from api.card_registry import open_registry, operator_actor
     from experts.errors import CardError
 
     try:
         ref = open_registry(home.root).register(folder, operator_actor(), activate=True)
     except CardError as error:
-        raise fail(f"the card was trained and written to {folder}, but registering it failed: {error}; fix "
-                   f"that and run `mighty cards register {folder}`", EXIT_ERROR) from None
+        raise fail(f"the card was trained and written to {folder} (kept), but registering it failed: {error}; "
+                   f"fix that and run `mighty cards register {folder}`", EXIT_ERROR) from None
     err.print(f"registered {ref.manifest.ref} (owner {owner}, active)", highlight=False)
+    return ref.manifest.ref

@@ -29,6 +29,8 @@ def write_adapter(model: Any, out: Path, base: str) -> Path:
         config.base_model_name_or_path = base  # the reference the manifest uses, not a local cache path
     model.save_pretrained(str(temporary), safe_serialization=True, save_embedding_layers=False)
     (temporary / "README.md").unlink(missing_ok=True)  # peft's hub model-card stub; card.toml describes the card
+    for path in temporary.iterdir():
+        path.chmod(0o644)  # safetensors writes owner-only files; a card is shared (registry, server, other users)
     fsync_tree(temporary)
     final = out / ADAPTER_DIR
     if final.exists():

@@ -101,3 +101,13 @@ def peek(folder: Path) -> Checkpoint | None:
         return Checkpoint(int(record["step"]), str(record["fingerprint"]), {}, dict(record.get("scalars", {})))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def clear(folder: Path) -> None:
+    """Remove the checkpoint files (only those: the folder may be a user's) and the folder if then empty."""
+    for path in [folder / LATEST, *folder.glob("step-*.safetensors"), *folder.glob(".step-*.tmp-*")]:
+        path.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # missing, or holds files that are not ours

@@ -7,14 +7,13 @@ complete) carries the training state and the base's held-out score.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -82,6 +81,7 @@ def train_card(request: TrainRequest, console: Console | None = None) -> TrainRe
     began = time.perf_counter()
     console = console or Console(stderr=True)
     settings = request.settings
+    _check_card_fields(request)
     corpus = load_corpus(request.corpus, request.home_root)
     heldout = split_heldout([document.key for document in corpus.documents], settings.heldout_fraction,
                             settings.seed)
@@ -127,7 +127,7 @@ def train_card(request: TrainRequest, console: Console | None = None) -> TrainRe
     card_nll = _score(merged, eval_blocks, settings, "scoring the card on held-out text", console)
     manifest = _manifest(request, corpus, heldout, train_docs, base_nll, card_nll, outcome)
     write_manifest(manifest, request.out)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the card is complete; training state is no longer needed
+    checkpoint.clear(checkpoint_dir)  # the card is complete; its training state is no longer needed
     return TrainReport(**report, card_dir=str(request.out), finished=True, heldout_ppl_card=card_nll.perplexity,
                        ppl_reduction=1 - card_nll.perplexity / base_nll.perplexity,
                        total_seconds=round(time.perf_counter() - began, 3))
@@ -162,13 +162,26 @@ def _resume_point(folder: Path, fingerprint: str, resume: bool | None, console: 
         if resume is True:
             raise TrainingError(f"--resume: the checkpoint in {folder} was made with other settings or another "
                                 "corpus; run the original command again, or drop --resume to start afresh")
-        shutil.rmtree(folder, ignore_errors=True)
+        checkpoint.clear(folder)
         return None
     if saved is None and resume is True:
         raise TrainingError(f"--resume: no checkpoint in {folder}; drop --resume to start training")
     if saved is not None:
         console.print(f"resuming from the checkpoint at step {saved.step} in {folder}")
     return saved
+
+
+def _check_card_fields(request: TrainRequest) -> None:
+    """Refuse a name, version, owner, domain or description the manifest would reject, before training
+    rather than after ten minutes of it."""
+    try:
+        CardManifest(name=request.name, version=request.version, owner=request.owner, kind=request.kind,
+                     domain=request.domain or "-", description=request.description or "-",
+                     model=ModelSpec(base=request.settings.base, adapter="adapter"))
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "card"
+        raise TrainingError(f"{field}: {first['msg']}; fix the option and run again") from None
 
 
 def _score(model, blocks: Blocks, settings: TrainSettings, label: str, console: Console) -> NLL:
