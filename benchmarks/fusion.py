@@ -118,7 +118,7 @@ def main() -> None:
 
     print(f"\nperplexity on {report.tokens} held-out tokens ({report.split}); parameters fitted on "
           f"{report.fit_tokens} others")
-    print(f"| model | perplexity | vs base | parameters |\n|---|---|---|---|")
+    print("| model | perplexity | vs base | parameters |\n|---|---|---|---|")
     rows = [("base " + BASE, report.ppl_base, ""), *[(f"card {k}", v, "") for k, v in report.ppl_expert.items()],
             *[(f"fused: {m}", report.ppl_fused[m], json.dumps(report.weights[m])) for m in METHODS],
             ("fused: mixture, equal weights", report.ppl_equal_weights, "")]
