@@ -43,8 +43,8 @@ def validate_filter(where: Any) -> Filter:
     """Return `where` unchanged if it is a filter the store runs; raise `FilterError` otherwise.
 
     Works on raw parsed JSON, so request models can call it before their own type checks."""
-    if not isinstance(where, dict) or not where:
-        raise FilterError("a filter must be a non-empty object of field -> value or {'in': [values]}")
+    if not isinstance(where, dict):
+        raise FilterError("a filter must be an object of field -> value or {'in': [values]}")
     if len(where) > MAX_FIELDS:
         raise FilterError(f"a filter has {len(where)} fields; at most {MAX_FIELDS} are allowed")
     total = 0
@@ -101,8 +101,10 @@ def compile_filter(where: Filter, tolerant: bool = False) -> tuple[str, list[Any
     `tolerant` reads metadata that SQLite's JSON parser rejects (NaN or Infinity, stored before
     ingest refused them) through `extract_metadata`, registered on the connection as
     `mighty_json_extract`, so one such row cannot make every filtered search fail."""
+    if not validate_filter(where):
+        raise FilterError("an empty filter has no SQL form: callers treat it as no filter")
     clauses, params = [], []
-    for key, condition in validate_filter(where).items():
+    for key, condition in where.items():
         values = condition["in"] if isinstance(condition, dict) else [condition]
         column = COLUMNS.get(key)
         if column is None:

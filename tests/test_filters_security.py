@@ -55,7 +55,7 @@ def _ids(retriever, filters) -> set[str]:
 
 
 def test_legitimate_filters_still_select(retriever):
-    assert _ids(retriever, None) == {"open-1", "secret-1"}
+    assert _ids(retriever, None) == _ids(retriever, {}) == {"open-1", "secret-1"}  # {} is no filter
     assert _ids(retriever, {"kind": "public"}) == {"open-1"}
     assert _ids(retriever, {"info.lang": {"in": ["de", "fr"]}}) == {"secret-1"}
     assert _ids(retriever, {"info.x-y": 1}) == {"open-1"}
