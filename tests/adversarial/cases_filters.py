@@ -53,7 +53,7 @@ REST_CASES = [
              content=b'{"documents": [{"_id": "n", "text": "t", "metadata": {"a": [{"b": -Infinity}]}}]}',
              headers={"content-type": "application/json"}, must_contain=("metadata.a[0].b is -inf",)),
     RestCase("files-jsonl-nan-metadata", "POST", "/v1/collections/{collection}/files", expect=(422,),
-             files=(("files", "nan.jsonl", NAN_LINES),), must_contain=("finite", "no file could be read")),
+             files=(("files", "nan.jsonl", NAN_LINES),), must_contain=("finite",)),
     RestCase("retrieve-cjk-emoji-arabic-query", "POST", "/v1/retrieve", role="reader", expect=(200,),
              json={"query": "熊猫 パンダ 판다 🐼 البَاندا", "collection": "{collection}", "mode": "bm25"}),
 ]
