@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 
 import pytest
@@ -50,8 +51,6 @@ def test_arabic_is_normalised():
 
 def test_english_terms_are_unchanged(msmarco_records):
     owned = "".join(h.chars for h in HANDLERS.values())
-    import re
-
     special = re.compile(f"[{owned}]")
     compared = 0
     for record in msmarco_records[:3000]:
