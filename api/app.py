@@ -1,6 +1,7 @@
 """The FastAPI application: routers, limits, metrics and error shapes."""
 from __future__ import annotations
 
+import math
 import time
 from contextlib import asynccontextmanager
 
@@ -96,4 +97,5 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 def jsonable(errors) -> list:
     from fastapi.encoders import jsonable_encoder
 
-    return jsonable_encoder(errors, custom_encoder={Exception: str})
+    # floats too: a rejected NaN or Infinity is echoed as text, since strict JSON cannot carry it
+    return jsonable_encoder(errors, custom_encoder={Exception: str, float: lambda v: v if math.isfinite(v) else str(v)})

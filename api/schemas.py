@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from experts.selectors import SelectorSettings
+from indexes.documents import non_finite_number
 from rag.schemas import Filters, Mode
 
 # a request names cards by name (at most 8), or lets the router choose, or wants none
@@ -32,6 +33,13 @@ class DocumentIn(BaseModel):
     text: str = Field(min_length=1)
     title: str = ""
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _finite(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        if problem := non_finite_number(metadata):
+            raise ValueError(problem)
+        return metadata
 
 
 class DocumentBatch(BaseModel):

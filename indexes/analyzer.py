@@ -1,12 +1,24 @@
-"""The BM25 analyzer: text -> terms, identical at index and query time."""
+"""The BM25 analyzer: text -> terms, identical at index and query time.
+
+Versions: a collection records the analyzer version it was built with (`BM25Config.analyzer`), and
+its queries go through that same version, so changing how text is cut never silently breaks an
+existing index. Version 1 is lower-cased `\\w\\w+` words only; version 2 adds the script handlers of
+`indexes.scripts` (CJK bigrams, emoji, Arabic normalisation) and NFKC folding of non-ASCII text.
+Both give the same terms for text without those scripts, so English behaviour is unchanged.
+"""
 from __future__ import annotations
 
 import re
+import unicodedata
 from functools import lru_cache
 
-from indexes.config import BM25Config
+from indexes.config import ANALYZER_VERSION, BM25Config
+from indexes.scripts import HANDLERS, ScriptHandler
 
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")
+# handler names per analyzer version, in the order their runs are tried; a new handler means a new version
+VERSIONS: dict[int, tuple[str, ...]] = {1: (), 2: ("cjk", "emoji", "arabic")}
+assert max(VERSIONS) == ANALYZER_VERSION
 
 
 @lru_cache(maxsize=4)
@@ -18,10 +30,37 @@ def _stopwords(kind: str) -> frozenset[str]:
     return frozenset(STOPWORDS_EN)
 
 
+class _Scripts:
+    """One pass over the text: a run of a handler's characters goes to it, anything else is words."""
+
+    def __init__(self, handlers: list[ScriptHandler]) -> None:
+        owned = "".join(h.chars for h in handlers)
+        self.handlers = {f"h{i}": h for i, h in enumerate(handlers)}
+        self.any = re.compile(f"[{owned}]")
+        alternatives = [f"(?P<h{i}>[{h.chars}]+)" for i, h in enumerate(handlers)]
+        self.pattern = re.compile("|".join(alternatives + [f"(?P<word>[^\\W{owned}]{{2,}})"]))
+
+    def split(self, text: str) -> list[tuple[str, bool]]:
+        """(term, is_word) in text order; only words are later stopped and stemmed."""
+        pieces: list[tuple[str, bool]] = []
+        for match in self.pattern.finditer(text):
+            group = match.lastgroup
+            if group == "word":
+                pieces.append((match.group(), True))
+            else:
+                pieces.extend((term, False) for term in self.handlers[group].terms(match.group()))
+        return pieces
+
+
 class Analyzer:
-    """Lower-case word tokens, optional English stopword removal and Snowball stemming."""
+    """Lower-case terms; words get optional English stopword removal and Snowball stemming."""
 
     def __init__(self, config: BM25Config) -> None:
+        if config.analyzer not in VERSIONS:
+            raise ValueError(f"analyzer version {config.analyzer} is unknown (known: {sorted(VERSIONS)})")
+        self.version = config.analyzer
+        names = VERSIONS[config.analyzer]
+        self._scripts = _Scripts([HANDLERS[n] for n in names]) if names else None
         self._stopwords = _stopwords(config.stopwords)
         self._stemmer = None
         if config.stemmer != "none":
@@ -31,7 +70,17 @@ class Analyzer:
         self._cache: dict[str, str] = {}
 
     def terms(self, text: str) -> list[str]:
-        words = [w for w in _TOKEN.findall(text.lower()) if w not in self._stopwords]
+        scripts = self._scripts
+        if scripts is not None and not text.isascii():
+            text = unicodedata.normalize("NFKC", text)  # full-width forms, presentation forms, ligatures
+        text = text.lower()
+        if scripts is None or not scripts.any.search(text):  # most text: words only, the fast path
+            return self._stem([w for w in _TOKEN.findall(text) if w not in self._stopwords])
+        pieces = [(t, word) for t, word in scripts.split(text) if not (word and t in self._stopwords)]
+        stems = iter(self._stem([t for t, word in pieces if word]))
+        return [next(stems) if word else t for t, word in pieces]
+
+    def _stem(self, words: list[str]) -> list[str]:
         if self._stemmer is None:
             return words
         cache = self._cache

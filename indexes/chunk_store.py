@@ -1,7 +1,8 @@
 """Per-segment chunk and document tables in SQLite, written once and then opened read-only.
 
 SQLite keeps chunk text and metadata off the heap (a million chunks stay on disk until a hit needs
-them) and evaluates metadata filters with json_extract, so filters need no bespoke index.
+them) and evaluates metadata filters with json_extract (compiled by `indexes.filters`), so filters
+need no bespoke index.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from indexes.documents import Chunk
+from indexes.filters import Filter, compile_filter, extract_metadata
 
 FILE_NAME = "chunks.sqlite"
 _SCHEMA = """
@@ -25,7 +27,6 @@ CREATE TABLE chunks (row INTEGER PRIMARY KEY, doc_id TEXT NOT NULL, chunk_index 
 CREATE TABLE docs (doc_id TEXT PRIMARY KEY, hash TEXT NOT NULL, first_row INTEGER NOT NULL,
                    rows INTEGER NOT NULL);
 """
-Filter = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,9 @@ class ChunkStore:
         # generation's garbage collection unlinks this segment.
         uri = f"file:{(folder / FILE_NAME).as_posix()}?mode=ro&immutable=1"
         self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        self._db.create_function("mighty_json_extract", 2, extract_metadata, deterministic=True)
         self._lock = threading.Lock()
+        self._tolerant = False
 
     def _execute(self, query: str, params=()) -> list[tuple]:
         with self._lock:
@@ -108,43 +111,35 @@ class ChunkStore:
             query = ("SELECT row, doc_id, chunk_index, text, start, end, title, metadata FROM chunks "
                      f"WHERE row IN ({','.join('?' * len(part))})")
             for row, doc_id, index, text, begin, end, title, metadata in self._execute(query, part):
-                found[row] = Chunk(doc_id, index, text, begin, end, title, json.loads(metadata))
+                found[row] = Chunk(doc_id, index, text, begin, end, title, _metadata(metadata))
         return found
 
     def all_chunks(self) -> list[Chunk]:
         query = "SELECT doc_id, chunk_index, text, start, end, title, metadata FROM chunks ORDER BY row"
-        return [Chunk(d, i, t, s, e, ti, json.loads(m)) for d, i, t, s, e, ti, m in self._execute(query)]
+        return [Chunk(d, i, t, s, e, ti, _metadata(m)) for d, i, t, s, e, ti, m in self._execute(query)]
 
     def matching_rows(self, where: Filter, rows: int) -> np.ndarray:
-        """A uint8 mask of rows whose metadata matches every condition (equality or `in`)."""
-        clauses, params = compile_filter(where)
+        """A uint8 mask of rows whose metadata matches every condition (equality or `in`).
+
+        The fast form runs first; only a segment holding metadata SQLite cannot parse (NaN from
+        before ingest refused it) falls back to the tolerant form, and stays on it."""
         mask = np.zeros(rows, dtype=np.uint8)
-        matched = [r for (r,) in self._execute(f"SELECT row FROM chunks WHERE {clauses}", params)]
+        try:
+            matched = self._matching(where, self._tolerant)
+        except sqlite3.OperationalError as exc:
+            if self._tolerant or "malformed JSON" not in str(exc):
+                raise
+            self._tolerant = True
+            matched = self._matching(where, True)
         mask[np.asarray(matched, dtype=np.int64)] = 1
         return mask
 
+    def _matching(self, where: Filter, tolerant: bool) -> list[int]:
+        clauses, params = compile_filter(where, tolerant)
+        return [r for (r,) in self._execute(f"SELECT row FROM chunks WHERE {clauses}", params)]
 
-_SCALARS = (str, int, float, bool)
-_COLUMNS = {"doc_id": "doc_id", "title": "title"}
 
-
-def compile_filter(where: Filter) -> tuple[str, list[Any]]:
-    """Translate `{"key": value, "other": {"in": [..]}}` to SQL; keys are metadata fields."""
-    if not isinstance(where, dict) or not where:
-        raise ValueError("a filter must be a non-empty object of field -> value or {'in': [values]}")
-    clauses, params = [], []
-    for key, condition in where.items():
-        if not isinstance(key, str) or not key or '"' in key:
-            raise ValueError(f"invalid filter field {key!r}")
-        column = _COLUMNS.get(key, f"json_extract(metadata, '$.\"{key}\"')")
-        if isinstance(condition, dict):
-            if set(condition) != {"in"} or not isinstance(condition["in"], list) or not condition["in"]:
-                raise ValueError(f"filter on {key!r}: only {{'in': [non-empty list]}} is supported")
-            values = condition["in"]
-        else:
-            values = [condition]
-        if not all(isinstance(v, _SCALARS) for v in values):
-            raise ValueError(f"filter on {key!r}: values must be strings, numbers or booleans")
-        clauses.append(f"{column} IN ({','.join('?' * len(values))})")
-        params.extend(int(v) if isinstance(v, bool) else v for v in values)
-    return " AND ".join(clauses), params
+def _metadata(text: str) -> dict[str, Any]:
+    """Stored metadata as a dict; NaN or Infinity (only in rows written before ingest refused them)
+    reads as None, so a hit can always be sent as strict JSON."""
+    return json.loads(text, parse_constant=lambda _: None)

@@ -91,7 +91,8 @@ class Collection:
                 "deleted_rows": sum(r.deleted for r in snapshot.manifest.segments),
                 "size_bytes": snapshot.size_on_disk(), "embedder": config.embedder.model,
                 "embedder_backend": config.embedder.backend, "chunk_size": config.chunking.size,
-                "chunk_overlap": config.chunking.overlap, "default_llm": config.default_llm}
+                "chunk_overlap": config.chunking.overlap, "default_llm": config.default_llm,
+                "analyzer": config.bm25.analyzer}
 
 
 class Home:
@@ -134,7 +135,7 @@ class Home:
                 known = ", ".join(self.names()) or "none yet"
                 raise CollectionNotFound(f"unknown collection {name!r} (known: {known}); "
                                          f"create it with `mighty index add PATH --collection {name}`")
-            config = CollectionConfig.model_validate_json(config_file.read_text(encoding="utf-8"))
+            config = CollectionConfig.from_stored(config_file.read_text(encoding="utf-8"))
             self._open[name] = Collection(folder, config)
             return self._open[name]
 

@@ -5,6 +5,7 @@ always queried with the analyzer and embedder it was built with.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -14,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
+# 1: words only; 2: also CJK bigrams, emoji and Arabic normalisation (see indexes.analyzer)
+ANALYZER_VERSION = 2
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -57,6 +60,9 @@ class BM25Config(BaseModel):
     stopwords: Literal["en", "none"] = "en"
     stemmer: Literal["english", "none"] = "english"
     title_weight: int = Field(1, ge=0, le=5, description="times a document's title is indexed per chunk")
+    analyzer: int = Field(ANALYZER_VERSION, ge=1, le=ANALYZER_VERSION,
+                          description="how text is cut into terms (indexes.analyzer); fixed when the collection "
+                                      "is created, so its queries are cut the way its documents were")
 
 
 class EmbedderConfig(BaseModel):
@@ -104,6 +110,17 @@ class CollectionConfig(BaseModel):
     max_document_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_segments: int = Field(8, ge=1, description="merge all segments when a commit leaves more")
     keep_generations: int = Field(3, ge=1)
+
+    @classmethod
+    def from_stored(cls, text: str) -> "CollectionConfig":
+        """Read a `collection.json`. Files written before analyzer versions existed were indexed
+        with version 1, and are read as such: a collection is always queried as it was built."""
+        data = json.loads(text)
+        if isinstance(data, dict):
+            bm25 = data.setdefault("bm25", {})
+            if isinstance(bm25, dict):
+                bm25.setdefault("analyzer", 1)
+        return cls.model_validate(data)
 
     @field_validator("name")
     @classmethod

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,3 +49,23 @@ class Rejection:
     def __str__(self) -> str:
         where = f"{self.source}:{self.line}" if self.line is not None else self.source
         return f"{where}: {self.reason}"
+
+
+def non_finite_number(metadata: Any, where: str = "metadata") -> str | None:
+    """The reason metadata cannot be stored, if it holds NaN or ±Infinity anywhere (nested too).
+
+    Python's json reads `NaN` and `Infinity` (and turns 1e999 into inf), but they are not JSON:
+    SQLite cannot evaluate filters over them and clients cannot parse them back. Walked with an
+    explicit stack, so deeply nested metadata cannot exhaust the interpreter's recursion limit."""
+    stack: list[tuple[str, Any]] = [(where, metadata)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            shown = path if len(path) < 120 else path + "…"
+            return f"{shown} is {value}: metadata numbers must be finite (JSON has no NaN or Infinity)"
+        short = len(path) < 120  # deeper paths are shown cut short, and cost no quadratic copying
+        if isinstance(value, dict):
+            stack.extend((f"{path}.{str(key)[:40]}" if short else path, item) for key, item in value.items())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{path}[{i}]" if short else path, item) for i, item in enumerate(value))
+    return None

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from indexes.documents import Rejection, SourceDocument
+from indexes.documents import Rejection, SourceDocument, non_finite_number
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".html", ".htm"}
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES | {".jsonl", ".pdf"}
@@ -130,6 +130,8 @@ def document_from_record(record: Any, source: str) -> SourceDocument | str:
     metadata = record.get("metadata") or {}
     if not isinstance(metadata, dict):
         return f"document {doc_id!r}: 'metadata' must be an object"
+    if problem := non_finite_number(metadata):
+        return f"document {doc_id!r}: {problem}"
     return SourceDocument(doc_id, text, title, metadata, source)
 
 

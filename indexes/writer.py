@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from indexes.chunk_store import DocumentEntry
-from indexes.documents import SourceDocument
+from indexes.documents import SourceDocument, non_finite_number
 from indexes.durable import failpoint
 from indexes.generations import Manifest, SegmentRef, collect_garbage, commit_generation, next_generation_number
 from indexes.merge import merge_segments
@@ -89,6 +89,8 @@ class CollectionWriter:
 
         `vectors` (one unit-length row per chunk) skips embedding, for callers that already have
         them, such as benchmarks replaying precomputed embeddings."""
+        if problem := non_finite_number(document.metadata):  # readers and REST refuse these earlier
+            raise ValueError(f"document {document.id!r}: {problem}")
         content_hash = document.content_hash
         pending = self._pending.get(document.id)
         stored = self._docs.get(document.id)

@@ -1,13 +1,17 @@
 """Typed requests and results of retrieval, shared by the CLI, the REST API and the pipelines."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from indexes.filters import validate_filter
 
 Mode = Literal["bm25", "dense", "hybrid"]
 FilterValue = str | int | float | bool
-Filters = dict[str, FilterValue | dict[Literal["in"], list[FilterValue]]]
+# Checked (field pattern, operators, sizes) before the type itself, by the same function the store
+# runs before SQLite, so every request model that holds filters rejects a bad one with its reason.
+Filters = Annotated[dict[str, FilterValue | dict[Literal["in"], list[FilterValue]]], BeforeValidator(validate_filter)]
 
 
 class RetrievalRequest(BaseModel):

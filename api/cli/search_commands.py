@@ -35,6 +35,8 @@ def search(ctx: typer.Context, query: str = typer.Argument(...),
                                    candidates=candidates, filters=filters)
     except json.JSONDecodeError as exc:
         raise fail(f"--filter is not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise fail("--filter is nested too deeply (a filter is field -> value or {\"in\": [values]})") from None
     except ValidationError as exc:
         raise fail(describe(exc)) from None
     try:
