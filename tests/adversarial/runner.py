@@ -50,6 +50,7 @@ class Fixtures:
     home: Path
     other_home: Path
     server_tmp: Path                         # TMPDIR of the server: where upload folders would be left
+    pristine: Path                           # a copy of `home` as seeded, which CLI cases copy (the server writes `home`)
     keys: dict[str, str]                     # role -> token
     seeded: dict[str, dict[str, str]]        # collection -> {doc id: content hash}, as seeded
 
@@ -116,7 +117,10 @@ def build_fixtures(root: Path) -> Fixtures:
     store = KeyStore(make_sessions(engine))
     keys = {role: store.create(name, role)[0] for role, name in ROLES.items()}
     engine.dispose()
-    return Fixtures(root, home, other_home, server_tmp, keys, {**seeded, **{f"other:{k}": v for k, v in seeded_other.items()}})
+    pristine = root / "pristine-home"
+    shutil.copytree(home, pristine)
+    return Fixtures(root, home, other_home, server_tmp, pristine, keys,
+                    {**seeded, **{f"other:{k}": v for k, v in seeded_other.items()}})
 
 
 @dataclass
@@ -248,7 +252,7 @@ def rest_problems(case: RestCase, outcome: Outcome) -> list[str]:
 def run_cli(fixtures: Fixtures, case: CliCase, workdir: Path) -> tuple[Outcome, int]:
     """Run the real command in a copy of the seeded home; returns its outcome and the seeded documents lost."""
     home, tmp = workdir / "home", workdir / "tmp"
-    shutil.copytree(fixtures.home, home)
+    shutil.copytree(fixtures.pristine, home)
     tmp.mkdir(parents=True)
     mapping = _mapping(fixtures, tmp)
     for relative, content in case.files.items():
