@@ -33,11 +33,17 @@ def llm_options(state: ServiceState, collection: str | None, model: str | None, 
     if collection:  # request settings win over the collection's, which win over the server's
         config = state.collection(collection).config
         default, default_fallbacks, default_timeout = config.default_llm, config.llm_fallbacks, config.llm_timeout_s
-    return llm.LLMOptions(model=model or default or state.settings.default_llm, api_base=api_base, api_key=api_key,
-                          fallbacks=fallbacks or default_fallbacks,
-                          timeout_s=timeout_s or default_timeout or state.settings.llm_timeout_s,
-                          retries=state.settings.llm_retries, max_tokens=max_tokens or state.settings.answer_tokens,
-                          temperature=temperature)
+    options = llm.LLMOptions(model=model or default or state.settings.default_llm, api_base=api_base,
+                             api_key=api_key, fallbacks=fallbacks or default_fallbacks,
+                             timeout_s=timeout_s or default_timeout or state.settings.llm_timeout_s,
+                             retries=state.settings.llm_retries,
+                             max_tokens=max_tokens or state.settings.answer_tokens, temperature=temperature)
+    try:
+        for name in (options.model, *options.fallbacks):
+            llm.check_model(name, options.api_base)
+    except llm.LLMModelError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    return options
 
 
 def check_limits(state: ServiceState, query: str, top_k: int) -> None:
@@ -86,6 +92,8 @@ async def complete(pipeline: AnswerPipeline, prepared: Prepared) -> AnswerRespon
         raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT,
                             {"stage": "llm", "message": f"model {prepared.options.model!r} took longer than "
                                                         f"{prepared.options.timeout_s:g}s"}) from None
+    except llm.LLMModelError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, {"stage": "llm", "message": str(exc)}) from None
     except llm.LLMError as exc:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, {"stage": "llm", "message": str(exc)}) from None
     return await run_in_threadpool(pipeline.finish, prepared, completion.text, completion)

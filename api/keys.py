@@ -26,6 +26,12 @@ class Principal:
 
     name: str
     role: str
+    key_id: int | None = None  # None for the anonymous admin of --no-auth mode
+
+    @property
+    def identity(self) -> str:
+        """What owns the jobs this caller starts: its key (names may repeat, ids do not)."""
+        return f"key:{self.key_id}" if self.key_id is not None else f"name:{self.name}"
 
     @property
     def team(self) -> str | None:
@@ -78,7 +84,7 @@ class KeyStore:
             record = session.scalar(select(ApiKey).where(ApiKey.key_hash == _hash(token)))
             if record is None or record.revoked_at is not None:
                 return None
-            return Principal(record.name, record.role)
+            return Principal(record.name, record.role, record.id)
 
     def list(self) -> list[KeyInfo]:
         with self._sessions() as session:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api.db import make_sessions, open_database
-from api.keys import KeyStore
+from api.keys import KeyStore, Principal
 from api.settings import ServiceSettings
 from experts.fusion.cards import use_registry
 from experts.registry import CardRegistry
@@ -23,6 +23,7 @@ class Job:
     id: str
     collection: str
     kind: str
+    owner: str = ""  # the identity of the key that started it: only it (and admins) may read it
     status: str = "queued"  # queued | running | succeeded | failed
     created_at: float = field(default_factory=time.time)
     finished_at: float | None = None
@@ -98,8 +99,8 @@ class ServiceState:
         with self._lock:
             self._retrievers.pop(name, None)
 
-    def submit(self, collection: str, kind: str, work) -> Job:
-        job = Job(uuid.uuid4().hex, collection, kind)
+    def submit(self, collection: str, kind: str, work, owner: Principal | None = None) -> Job:
+        job = Job(uuid.uuid4().hex, collection, kind, owner.identity if owner else "")
         self.jobs[job.id] = job
         finished = [j for j in self.jobs.values() if j.finished_at is not None]
         for old in sorted(finished, key=lambda j: j.finished_at)[:max(0, len(finished) - _KEEP_JOBS)]:

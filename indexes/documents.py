@@ -17,6 +17,7 @@ class SourceDocument:
     title: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    line: int | None = field(default=None, compare=False)  # 1-based line of a JSONL record, for reports
 
     @property
     def content_hash(self) -> str:
@@ -46,9 +47,12 @@ class Rejection:
     reason: str
     line: int | None = None
 
+    @property
+    def location(self) -> str:
+        return f"{self.source}:{self.line}" if self.line is not None else self.source
+
     def __str__(self) -> str:
-        where = f"{self.source}:{self.line}" if self.line is not None else self.source
-        return f"{where}: {self.reason}"
+        return f"{self.location}: {self.reason}"
 
 
 def non_finite_number(metadata: Any, where: str = "metadata") -> str | None:
@@ -69,3 +73,19 @@ def non_finite_number(metadata: Any, where: str = "metadata") -> str | None:
         elif isinstance(value, (list, tuple)):
             stack.extend((f"{path}[{i}]" if short else path, item) for i, item in enumerate(value))
     return None
+
+
+@dataclass(frozen=True)
+class Skipped(Rejection):
+    """A file met while walking a folder that is not a document (e.g. `cards/x.toml` in `data/`).
+
+    Counted in the summary, not an error: only files named explicitly must be documents. A
+    subclass of `Rejection` so callers that only know rejections still never index it."""
+
+
+def format_size(size: int) -> str:
+    """Sizes in binary units everywhere (`10 MiB`, `10.5 MiB`), so limits and sizes compare at a glance."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{size} bytes"

@@ -50,6 +50,33 @@ class LLMError(RuntimeError):
     pass
 
 
+class LLMModelError(LLMError):
+    """The model string itself is unusable (unknown provider, model refused the request): a client error."""
+
+
+_LOCAL_PREFIXES = ("local/", "fusion:", "fusion/")
+
+
+def check_model(model: str, api_base: str | None = None) -> None:
+    """Refuse a model string LiteLLM cannot route, before any retrieval or generation work is done."""
+    if model.startswith(_LOCAL_PREFIXES):
+        return
+    import litellm
+
+    litellm.suppress_debug_info = True  # no provider list printed on stdout for a bad string
+    try:
+        litellm.get_llm_provider(model, api_base=api_base)
+    except Exception:  # noqa: BLE001 - LiteLLM signals an unknown provider with several error types
+        raise LLMModelError(f"unknown model {model!r}: LiteLLM cannot tell its provider; write it as "
+                            "provider/model (for example openai/gpt-4o-mini or ollama/llama3)") from None
+
+
+def _message(exc: BaseException) -> str:
+    """A provider's error text without any traceback LiteLLM folded into it, and not too long."""
+    text = str(exc).split("Traceback (most recent call last)", 1)[0].strip()
+    return text[:500] + ("..." if len(text) > 500 else "")
+
+
 def _arguments(options: LLMOptions, messages: list[dict], stream: bool) -> dict:
     import litellm
 
@@ -86,8 +113,12 @@ def _model_errors(options: LLMOptions):
         yield
     except litellm.Timeout as exc:
         raise LLMTimeout(f"model {options.model!r} did not answer within {options.timeout_s:g}s") from exc
-    except litellm.APIError as exc:
-        raise LLMError(f"model {options.model!r} failed: {exc}") from exc
+    except (litellm.BadRequestError, litellm.NotFoundError) as exc:
+        raise LLMModelError(f"model {options.model!r} refused the request: {_message(exc)}") from exc
+    except (LLMError, LLMTimeout):
+        raise
+    except Exception as exc:  # noqa: BLE001 - any provider failure is the model's, named, never a 500
+        raise LLMError(f"model {options.model!r} failed: {_message(exc)}") from exc
 
 
 def complete(options: LLMOptions, messages: list[dict]) -> Completion:

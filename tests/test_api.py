@@ -102,7 +102,7 @@ def test_bad_requests_get_clear_4xx(server):
         assert bad_filter.status_code == 422
         huge = admin.post("/v1/collections/demo/documents", content=b"{" + b" " * (21 * 1024 * 1024) + b"}",
                           headers={"content-type": "application/json"})
-        assert huge.status_code == 413 and "byte limit" in huge.json()["detail"]
+        assert huge.status_code == 413 and "over the 20 MiB limit" in huge.json()["detail"]
         assert admin.get("/v1/jobs/nope").status_code == 404
 
 

@@ -115,7 +115,7 @@ def test_bad_uploads_get_clear_errors_and_change_nothing(server, tiny_adapter):
         clash = _upload(alpha, tiny_adapter, "1", extra_files=[("files", ("adapter/adapter_config.json", b"{}", "x"))])
         assert clash.status_code == 422 and "clashes" in clash.json()["detail"]
         huge = _upload(alpha, tiny_adapter, "1", extra_files=[("files", ("big.txt", b"x" * (5 * 1024 * 1024), "x"))])
-        assert huge.status_code == 413 and "byte limit" in huge.json()["detail"]
+        assert huge.status_code == 413 and "over the 4 MiB limit" in huge.json()["detail"]
         json_limit = alpha.post("/v1/cards/tiny/activate", content=b'{"version": "' + b"1" * 300_000 + b'"}',
                                 headers={"content-type": "application/json"})
         assert json_limit.status_code == 413

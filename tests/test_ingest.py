@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from indexes.collection import Home
-from indexes.documents import Rejection, SourceDocument
+from indexes.documents import Rejection, Skipped, SourceDocument
 from indexes.readers import read_paths
 from tests.helpers import run_mighty
 
@@ -34,7 +34,9 @@ def test_readers_name_file_and_line(tmp_path):
     assert "invalid UTF-8" in rejected[("latin1.txt", 2)]
     assert "binary" in rejected[("image.txt", None)]
     assert "empty" in rejected[("empty.md", None)]
-    assert "unsupported file type '.xyz'" in rejected[("data.xyz", None)]
+    skipped = [r for r in results if isinstance(r, Skipped)]  # met in a folder: skipped, not an error
+    assert [(Path(r.source).name, r.reason.split(";")[0]) for r in skipped] == [
+        ("data.xyz", "unsupported file type '.xyz'")]
     assert "malformed JSON" in rejected[("batch.jsonl", 2)]
     assert "no 'text'" in rejected[("batch.jsonl", 3)]
     assert "missing document id" in rejected[("batch.jsonl", 4)]
@@ -44,7 +46,7 @@ def test_oversized_document_is_rejected(tmp_path):
     big = tmp_path / "big.txt"
     big.write_text("word " * 2_200_000)  # 11 MB
     (result,) = list(read_paths([str(big)], max_bytes=10 * 1024 * 1024))
-    assert isinstance(result, Rejection) and "over the 10.5 MB document limit" in result.reason
+    assert isinstance(result, Rejection) and "is 10.5 MiB, over the 10 MiB document limit" in result.reason
 
 
 def test_html_and_pdf_text_is_extracted(tmp_path):
@@ -69,9 +71,10 @@ def test_cli_rejects_bad_input_keeps_the_rest_and_stored_data(tmp_path):
     _write_bad_inputs(tmp_path / "in")
     second = run_mighty(home, "index", "add", str(tmp_path / "in"), "--collection", "zoo")
     assert second.returncode == 1
-    for expected in ("latin1.txt:2", "image.txt", "empty.md", "data.xyz", "batch.jsonl:2", "batch.jsonl:4"):
+    for expected in ("latin1.txt:2", "image.txt", "empty.md", "batch.jsonl:2", "batch.jsonl:4"):
         assert expected in second.stderr, expected
-    assert "7 rejected" in second.stdout and "3 added" in second.stdout
+    assert "data.xyz" not in second.stderr  # a folder's unsupported file is skipped and counted
+    assert "6 rejected, 1 skipped" in second.stdout and "3 added" in second.stdout
     snapshot = Home(home).open("zoo").snapshot()
     assert snapshot.manifest.documents == 4  # 'kept' survived next to the three good new ones
     found = run_mighty(home, "search", "giraffes sleep", "--collection", "zoo", "--json", "--mode", "bm25")

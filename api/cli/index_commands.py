@@ -6,13 +6,14 @@ import sys
 
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 from rich.table import Table
 
 from api.cli.context import EXIT_REJECTED, RichProgress, err, fail, home_from, out
 from api.errors import describe
 from indexes.collection import Collection, CollectionNotFound
 from indexes.config import ChunkingConfig, CollectionConfig, EmbedderConfig
-from indexes.documents import Rejection
+from indexes.documents import Rejection, Skipped
 from indexes.readers import read_paths
 from indexes.writer import WriteReport
 
@@ -42,9 +43,10 @@ def add(ctx: typer.Context,
         except ValidationError as exc:
             raise fail(describe(exc)) from None
         target = home.open_or_create(config)
-    report, rejections = ingest(target, paths, "reading and chunking")
+    report, rejections, skipped = ingest(target, paths, "reading and chunking")
     out.print(f"{collection}: {report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
               f"{report.chunks_written} chunks written, {len(rejections)} rejected"
+              + (f", {len(skipped)} skipped (not documents)" if skipped else "")
               + (f"; generation {report.generation}" if report.generation else "; nothing changed"))
     if rejections:
         err.print(f"[red]{len(rejections)} input(s) rejected[/]; fix them and run the same command again "
@@ -64,7 +66,7 @@ def delete(ctx: typer.Context, ids: list[str] = typer.Argument(..., help="Docume
         report = writer.report
     out.print(f"{collection}: {report.deleted} deleted" + (f"; generation {report.generation}" if report.generation else ""))
     if report.not_found:
-        err.print(f"[red]not found:[/] {', '.join(report.not_found)}")
+        err.print(f"[red]not found:[/] {escape(', '.join(map(repr, report.not_found)))}", highlight=False)
         raise typer.Exit(EXIT_REJECTED)
 
 
@@ -95,20 +97,26 @@ def stats(ctx: typer.Context, collection: str = typer.Argument(...), as_json: bo
     out.print(table)
 
 
-def ingest(target: Collection, paths: list[str], label: str) -> tuple[WriteReport, list[Rejection]]:
-    """Read, upsert and commit with progress bars; rejections are printed as they happen."""
+def ingest(target: Collection, paths: list[str], label: str) -> tuple[WriteReport, list[Rejection], list[Skipped]]:
+    """Read, upsert and commit with progress bars; rejections are printed as they happen.
+
+    Files met while walking a folder that are not documents are skipped: counted, not errors."""
     rejections: list[Rejection] = []
+    skipped: list[Skipped] = []
     with RichProgress() as progress, target.writer(progress) as writer:
         progress.start(label, None)
         for item in read_paths(paths, target.config.max_document_bytes, stdin=sys.stdin):
+            if isinstance(item, Skipped):
+                skipped.append(item)
+                continue
             if isinstance(item, Rejection):
                 rejections.append(item)
-                err.print(f"[red]rejected[/] {item}", highlight=False)
+                err.print(f"[red]rejected[/] {escape(str(item))}", highlight=False)
                 continue
             writer.upsert(item)
             progress.advance(1)
         writer.commit()
-        return writer.report, rejections
+        return writer.report, rejections, skipped
 
 
 def open_collection(ctx: typer.Context, name: str):

@@ -1,23 +1,19 @@
 """Collections, their documents and indexing jobs."""
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
-
-from fastapi import APIRouter, Depends, File, HTTPException, UploadFile, status
+from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from api.dependencies import get_principal, get_state, require_writer
 from api.errors import describe
+from api.ingest import UploadRejected, checked_documents, read_uploads
 from api.keys import Principal
 from api.schemas import CollectionCreate, DocumentBatch, JobOut
 from api.state import Job, ServiceState
 from indexes.collection import CollectionExists, CollectionNotFound
 from indexes.config import ChunkingConfig, CollectionConfig, EmbedderConfig
-from indexes.documents import Rejection, SourceDocument
-from indexes.readers import read_paths
+from indexes.documents import SourceDocument
 
 router = APIRouter(prefix="/v1", tags=["collections"])
 
@@ -80,28 +76,34 @@ async def delete_collection(name: str, state: ServiceState = Depends(get_state),
 def add_documents(name: str, batch: DocumentBatch, state: ServiceState = Depends(get_state),
                   principal: Principal = Depends(get_principal)) -> JobOut:
     collection = _writable(state, name, principal)
-    documents = [SourceDocument(d.id, d.text, d.title, d.metadata, "request") for d in batch.documents]
-    return _job(state.submit(name, "add", lambda: _upsert(collection, documents, [])))
+    records = [d.model_dump(by_alias=True) for d in batch.documents]
+    documents, rejected = checked_documents(records, collection.config.max_document_bytes)
+    if rejected:  # a JSON batch is all or nothing: the client fixes it and sends it again
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            {"message": f"{len(rejected)} document(s) rejected; nothing was stored",
+                             "rejected": rejected})
+    return _job(state.submit(name, "add", lambda: _upsert(collection, documents, []), owner=principal))
 
 
 @router.post("/collections/{name}/files", status_code=status.HTTP_202_ACCEPTED)
 def upload_files(name: str, files: list[UploadFile] = File(...), state: ServiceState = Depends(get_state),
                  principal: Principal = Depends(get_principal)) -> JobOut:
     collection = _writable(state, name, principal)
-    folder = Path(tempfile.mkdtemp(prefix="mighty-upload-"))
-    for upload in files:
-        safe = Path(upload.filename or "upload").name or "upload"
-        with open(folder / safe, "wb") as handle:
-            shutil.copyfileobj(upload.file, handle)
-    paths = [str(p) for p in sorted(folder.iterdir())]
-    parsed = list(read_paths(paths, collection.config.max_document_bytes))
-    documents = [d for d in parsed if isinstance(d, SourceDocument)]
-    rejected = [{"source": Path(r.source).name, "line": r.line, "reason": r.reason}
-                for r in parsed if isinstance(r, Rejection)]
-    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        documents, rejected = read_uploads(files, collection.config.max_document_bytes)
+    except UploadRejected as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     if not documents:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, {"message": "no file could be read", "rejected": rejected})
-    return _job(state.submit(name, "upload", lambda: _upsert(collection, documents, rejected)))
+    return _job(state.submit(name, "upload", lambda: _upsert(collection, documents, rejected), owner=principal))
+
+
+@router.delete("/collections/{name}/documents")
+async def delete_document_by_query(name: str, doc_id: str = Query(..., alias="id", min_length=1),
+                                   state: ServiceState = Depends(get_state),
+                                   principal: Principal = Depends(get_principal)) -> dict:
+    """`?id=...` reaches any id, including ones a path cannot carry (newlines, a trailing slash)."""
+    return await delete_document(name, doc_id, state, principal)
 
 
 @router.delete("/collections/{name}/documents/{doc_id:path}")
@@ -121,9 +123,9 @@ async def delete_document(name: str, doc_id: str, state: ServiceState = Depends(
 
 
 @router.get("/jobs/{job_id}")
-def get_job(job_id: str, state: ServiceState = Depends(get_state), _: Principal = Depends(get_principal)) -> JobOut:
+def get_job(job_id: str, state: ServiceState = Depends(get_state), principal: Principal = Depends(get_principal)) -> JobOut:
     job = state.jobs.get(job_id)
-    if job is None:
+    if job is None or not (principal.is_admin or job.owner == principal.identity):  # others' jobs do not exist
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r} (jobs are kept until the server restarts)")
     return _job(job)
 

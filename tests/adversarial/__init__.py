@@ -38,6 +38,8 @@ class RestCase:
     must_contain: tuple[str, ...] = ()                  # substrings of the body (e.g. the reason)
     must_not_contain: tuple[str, ...] = ()              # substrings that would show a breach/leak
     breach: bool = False                                # a traversal/injection attempt: counted as such
+    chunked: bool = False                               # send `content` chunked (no Content-Length)
+    job_must_contain: tuple[str, ...] = ()              # substrings of the finished job a 202 started
 
 
 @dataclass(frozen=True)
