@@ -11,9 +11,13 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.metrics import REQUEST_SECONDS, REQUESTS
+from api.origin import OriginGuard, allowed_host_names, split_list
 from api.routers import cards, chat, collections, fusion, ops, retrieval
 from api.settings import ServiceSettings
 from api.state import ServiceState
+from indexes.collection import CollectionBroken
+from indexes.embedder_allowlist import EmbedderNotAllowed
+from indexes.names import InvalidCollectionName
 
 
 class BodyLimit:
@@ -88,8 +92,20 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         reasons = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         return JSONResponse({"detail": "; ".join(reasons), "errors": jsonable(exc.errors())}, status_code=422)
 
+    @app.exception_handler(InvalidCollectionName)
+    @app.exception_handler(EmbedderNotAllowed)
+    async def refused_name(_: Request, exc: ValueError) -> JSONResponse:
+        # raised by the indexes layer, wherever a name or embedder arrived from (body, path, card)
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(CollectionBroken)
+    async def broken_collection(_: Request, exc: CollectionBroken) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
                        overrides={("POST", "/v1/cards"): settings.max_card_upload_bytes})
+    app.add_middleware(OriginGuard, host_names=allowed_host_names(settings.host, settings.allowed_hosts),
+                       allowed_origins=split_list(settings.allowed_origins))
     return app
 
 

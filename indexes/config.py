@@ -6,15 +6,15 @@ always queried with the analyzer and embedder it was built with.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from indexes.names import CollectionName
+
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
-COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class MightySettings(BaseSettings):
@@ -91,7 +91,7 @@ class FusionConfig(BaseModel):
 class CollectionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: CollectionName
     owner: str | None = Field(None, description="team that may write it (besides admins)")
     default_llm: str | None = Field(None, description="LiteLLM model string for answers over this collection")
     llm_fallbacks: list[str] = Field(default_factory=list, description="models LiteLLM tries when the first fails")
@@ -104,13 +104,3 @@ class CollectionConfig(BaseModel):
     max_document_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_segments: int = Field(8, ge=1, description="merge all segments when a commit leaves more")
     keep_generations: int = Field(3, ge=1)
-
-    @field_validator("name")
-    @classmethod
-    def _valid_name(cls, name: str) -> str:
-        if not COLLECTION_NAME.match(name):
-            raise ValueError(
-                f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
-                "starting with a letter or digit"
-            )
-        return name

@@ -22,7 +22,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from indexes.config import EmbedderConfig, model_cache_dir
-from indexes.embedders import Progress, resolve_model
+from indexes.embedders import Progress
 
 _EXPORT_LOCK = threading.Lock()  # two collections in one process must not export the same model twice
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -31,19 +31,6 @@ _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 def _read_json(path: Path) -> Any:
     """The parsed file, or {} when it is absent (optional sentence-transformers metadata)."""
     return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _local_folder(name: str) -> Path:
-    """The model folder on disk; a hub id is only looked up in the local cache (no downloads here)."""
-    path = Path(resolve_model(name))
-    if path.is_dir():
-        return path
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(name, local_files_only=True))
-    except Exception as exc:  # noqa: BLE001 - any failure means "not available offline"
-        raise RuntimeError(f"the onnx backend needs a local model folder; {name!r} is not one") from exc
 
 
 def _modules(folder: Path) -> tuple[Path, Path]:
@@ -132,10 +119,10 @@ def _quantize(source: Path, target: Path) -> None:
 class OnnxEmbedder:
     """onnxruntime inference with the tokenizer, pooling and normalisation of sentence-transformers."""
 
-    def __init__(self, config: EmbedderConfig) -> None:
+    def __init__(self, config: EmbedderConfig, model_folder: str) -> None:
         import onnxruntime as ort
 
-        folder = _local_folder(config.model)
+        folder = Path(model_folder)  # an allow-listed local folder (indexes.embedders.resolve_model)
         self.model_dir = str(folder)
         transformer, pooling_dir = _modules(folder)
         cache = _cache_dir(transformer)

@@ -5,6 +5,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from indexes.names import CollectionName
+
 Mode = Literal["bm25", "dense", "hybrid"]
 FilterValue = str | int | float | bool
 Filters = dict[str, FilterValue | dict[Literal["in"], list[FilterValue]]]
@@ -14,7 +16,7 @@ class RetrievalRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(min_length=1, max_length=4096)
-    collection: str | None = Field(None, description="set by callers that route between collections")
+    collection: CollectionName | None = Field(None, description="set by callers that route between collections")
     top_k: int = Field(10, ge=1, le=1000)
     mode: Mode = "hybrid"
     fusion: Literal["convex", "rrf"] | None = Field(None, description="default: the collection's")
