@@ -18,7 +18,7 @@ from indexes.analyzer import Analyzer
 from indexes.chunking import TokenChunker, load_fast_tokenizer
 from indexes.config import CollectionConfig
 from indexes.durable import publish_folder
-from indexes.embedder_allowlist import EmbedderAllowList
+from indexes.embedder_allowlist import EmbedderAllowList, EmbedderNotAllowed
 from indexes.embedders import Embedder, load_embedder, resolve_model
 from indexes.generations import Manifest, current_generation, list_generations, read_generation
 from indexes.segment import Segment
@@ -187,8 +187,10 @@ class Home:
     def describe(self, name: str) -> dict:
         """`Collection.stats()`, or for a broken collection its name and what is wrong (listings go on)."""
         try:
-            return self.open(name).stats()
-        except CollectionBroken as exc:
+            collection = self.open(name)
+            collection.allowed.folder(collection.config.embedder.model)  # a name check, no model loading
+            return collection.stats()
+        except (CollectionBroken, EmbedderNotAllowed) as exc:
             return {"name": name, "broken": str(exc)}
 
     def delete(self, name: str) -> None:
