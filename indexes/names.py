@@ -27,7 +27,7 @@ class InvalidCollectionName(ValueError):
 def check_collection_name(name: object) -> str:
     """The name unchanged when it follows the rule, else `InvalidCollectionName` saying why."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        shown = repr(name)[:80] if isinstance(name, str) else type(name).__name__
+        shown = repr(name if len(name) <= 80 else name[:80] + "...") if isinstance(name, str) else type(name).__name__
         raise InvalidCollectionName(f"invalid collection name {shown}: use {NAME_RULE}")
     return name
 
