@@ -31,10 +31,10 @@ def resolve_model(name: str, allowed: EmbedderAllowList | None = None) -> str:
 class SentenceTransformerEmbedder:
     """PyTorch inference through sentence-transformers."""
 
-    def __init__(self, config: EmbedderConfig, folder: str) -> None:
+    def __init__(self, config: EmbedderConfig, folder: str | None = None) -> None:
         from sentence_transformers import SentenceTransformer
 
-        self.model_dir = folder
+        self.model_dir = folder or resolve_model(config.model)
         self._model = SentenceTransformer(self.model_dir, device="cpu")
         self._model.max_seq_length = min(config.max_seq_length, self._model.max_seq_length or 10**6)
         self._batch_size = config.batch_size

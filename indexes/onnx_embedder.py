@@ -22,7 +22,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from indexes.config import EmbedderConfig, model_cache_dir
-from indexes.embedders import Progress
+from indexes.embedders import Progress, resolve_model
 
 _EXPORT_LOCK = threading.Lock()  # two collections in one process must not export the same model twice
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -119,10 +119,10 @@ def _quantize(source: Path, target: Path) -> None:
 class OnnxEmbedder:
     """onnxruntime inference with the tokenizer, pooling and normalisation of sentence-transformers."""
 
-    def __init__(self, config: EmbedderConfig, model_folder: str) -> None:
+    def __init__(self, config: EmbedderConfig, model_folder: str | None = None) -> None:
         import onnxruntime as ort
 
-        folder = Path(model_folder)  # an allow-listed local folder (indexes.embedders.resolve_model)
+        folder = Path(model_folder or resolve_model(config.model))  # an allow-listed local folder
         self.model_dir = str(folder)
         transformer, pooling_dir = _modules(folder)
         cache = _cache_dir(transformer)

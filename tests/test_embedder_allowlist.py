@@ -163,3 +163,26 @@ def test_cli_index_drop_removes_a_broken_collection_only_when_confirmed(tmp_path
     added = run_mighty(tmp_path, "index", "add", "-", "-c", "new", "--embedder", "evil-org/some-model",
                        stdin='{"_id": "a", "text": "t"}\n')
     assert added.returncode == 2 and "choose one of: all-minilm-l6-v2" in added.stderr
+
+
+def test_card_bases_come_from_the_allow_list_and_errors_reveal_no_paths(tmp_path, monkeypatch):
+    from experts.models import BaseNotAllowed, check_base, resolve_base
+
+    assert check_base("smollm2-135m-instruct") == "smollm2-135m-instruct"
+    with pytest.raises(BaseNotAllowed, match="choose one of: .*smollm2-135m-instruct"):
+        check_base(str(tmp_path))
+    monkeypatch.setenv("MIGHTY_CARD_BASES", f"my-base={tmp_path}")
+    assert check_base("my-base") == "my-base" and resolve_base("my-base") == (str(tmp_path), True)
+    monkeypatch.delenv("MIGHTY_CARD_BASES")
+    manifest = ('name = "probe"\nversion = "1"\ndomain = "d"\ndescription = "d"\nowner = "alpha"\n'
+                '[model]\nbase = "BASE"\nadapter = "adapter"\n')
+    settings = ServiceSettings(home=tmp_path / "home", no_auth=True, database_url=f"sqlite:///{tmp_path}/k.db")
+    with TestClient(create_app(settings)) as client:
+        details = set()
+        for base in (str(tmp_path), str(tmp_path / "missing"), "/etc", "evil-org/some-model"):
+            answer = client.post("/v1/cards", files={"manifest": ("card.toml", manifest.replace("BASE", base).encode())})
+            assert answer.status_code == 422 and "is not allowed on this server" in answer.text, answer.text
+            details.add(answer.json()["detail"].replace(repr(base), "BASE"))
+        assert len(details) == 1  # the same answer whether or not the path exists
+        fused = client.post("/v1/fusion/generate", json={"cards": ["probe"], "base": "/etc", "prompt": "hi"})
+        assert fused.status_code == 422 and "is not allowed on this server" in fused.text
