@@ -15,6 +15,7 @@ from api.settings import ServiceSettings
 from experts.fusion.cards import use_registry
 from experts.registry import CardRegistry
 from indexes.collection import Collection, CollectionBroken, Home
+from indexes.names import InvalidCollectionName
 from rag.pipeline import AnswerPipeline
 from rag.retriever import Retriever
 
@@ -97,8 +98,9 @@ class ServiceState:
                 _ = self.collection(name).embedder
                 self.retriever(name).search(RetrievalRequest(query="warm up", top_k=1))
             except Exception as exc:  # noqa: BLE001 - any failure is this collection's, not the server's
-                self.unhealthy[name] = str(exc) if isinstance(exc, CollectionBroken) else type(exc).__name__
-                log.error("collection %r is unavailable: %s", name, self.unhealthy[name])
+                known = isinstance(exc, (CollectionBroken, InvalidCollectionName))  # messages without paths
+                self.unhealthy[name] = str(exc) if known else type(exc).__name__
+                log.error("collection %r is unavailable: %s", name, self.unhealthy[name], exc_info=not known)
 
     def pipeline(self, name: str, model: str) -> AnswerPipeline:
         local = model.startswith(("local/", "fusion:", "fusion/"))  # in-process CPU models

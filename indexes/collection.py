@@ -23,7 +23,7 @@ from indexes.embedders import Embedder, load_embedder, resolve_model
 from indexes.generations import Manifest, current_generation, list_generations, read_generation
 from indexes.segment import Segment
 from indexes.snapshot import Snapshot
-from indexes.names import collection_folder
+from indexes.names import InvalidCollectionName, collection_folder
 from indexes.writer import CollectionWriter, ProgressSink, lock_for_writing
 
 
@@ -192,6 +192,8 @@ class Home:
             return collection.stats()
         except (CollectionBroken, EmbedderNotAllowed) as exc:
             return {"name": name, "broken": str(exc)}
+        except InvalidCollectionName as exc:  # a folder from before the name rule: rename it to use it
+            return {"name": name, "broken": f"{exc}; rename its folder"}
 
     def delete(self, name: str) -> None:
         """Remove a collection, broken or not: needs only its folder and write lock, never its config."""

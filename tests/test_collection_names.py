@@ -150,3 +150,14 @@ def test_langchain_adapter_opens_collections_through_home(two_homes):
     with pytest.raises(CollectionNotFound):
         MightyRetriever.from_home(home_root, "secret")
     assert MightyRetriever.from_home(home_root, "demo", mode="bm25").invoke("crash")[0].metadata["id"] == "d1"
+
+
+def test_folders_from_before_the_rule_are_listed_as_broken_not_fatal(two_homes, tmp_path):
+    import shutil
+
+    home_root, _ = two_homes
+    shutil.copytree(home_root / "collections" / "demo", tmp_path / "collections" / "Old.Name")
+    shutil.copytree(home_root / "collections" / "demo", tmp_path / "collections" / "demo")
+    home = Home(tmp_path)
+    rows = {row["name"]: row for row in (home.describe(name) for name in home.names())}
+    assert "rename its folder" in rows["Old.Name"]["broken"] and rows["demo"]["documents"] == 1
