@@ -22,6 +22,10 @@ REST_CASES = [
                json={"query": "x", "collection": name, "cards": "none"}, role="reader", expect=(422,),
                must_contain=("invalid collection name",), must_not_contain=SECRET, breach=True)
       for label, name in _TRAVERSALS.items()),
+    *(RestCase(f"names-chat-rag-{label}", "POST", "/v1/chat/completions",
+               json={"model": f"rag:{name}", "messages": [{"role": "user", "content": "x"}]}, role="reader",
+               expect=(422,), must_contain=("invalid collection name",), must_not_contain=SECRET, breach=True)
+      for label, name in _TRAVERSALS.items()),
     RestCase("names-create-escape", "POST", "/v1/collections", json={"name": "../../escape"}, expect=(422,),
              must_contain=("invalid collection name",), breach=True),
     RestCase("names-create-absolute", "POST", "/v1/collections", json={"name": OTHER}, role="team:alpha",
