@@ -10,9 +10,13 @@ from fastapi.concurrency import run_in_threadpool
 from api import error_handlers
 from api.body_guards import BodyLimit, StrictJsonText
 from api.metrics import REQUEST_SECONDS, REQUESTS
+from api.origin import OriginGuard, allowed_host_names, split_list
 from api.routers import cards, chat, collections, fusion, ops, retrieval
 from api.settings import ServiceSettings
 from api.state import ServiceState
+from indexes.collection import CollectionBroken
+from indexes.embedder_allowlist import EmbedderNotAllowed
+from indexes.names import InvalidCollectionName
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -43,6 +47,19 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     error_handlers.install(app)
     app.add_middleware(StrictJsonText)  # inside BodyLimit: it buffers only bodies already within the limit
+
+    @app.exception_handler(InvalidCollectionName)
+    @app.exception_handler(EmbedderNotAllowed)
+    async def refused_name(_: Request, exc: ValueError) -> error_handlers.SafeJSONResponse:
+        # raised by the indexes layer, wherever a name or embedder arrived from (body, path, card)
+        return error_handlers.SafeJSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(CollectionBroken)
+    async def broken_collection(_: Request, exc: CollectionBroken) -> error_handlers.SafeJSONResponse:
+        return error_handlers.SafeJSONResponse({"detail": str(exc)}, status_code=503)
+
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
                        overrides={("POST", "/v1/cards"): settings.max_card_upload_bytes})
+    app.add_middleware(OriginGuard, host_names=allowed_host_names(settings.host, settings.allowed_hosts),
+                       allowed_origins=split_list(settings.allowed_origins))
     return app

@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from experts.selectors import SelectorSettings
 from indexes.documents import non_finite_number
+from indexes.names import CollectionName
 from rag.schemas import Filters, Mode
 
 # a request names cards by name (at most 8), or lets the router choose, or wants none
@@ -16,7 +17,7 @@ CardsChoice = Literal["auto", "none"] | Annotated[list[str], Field(min_length=1,
 class CollectionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: CollectionName  # the indexes-level rule, checked here too so the 422 comes before any work
     owner: str | None = Field(None, description="team owning it; defaults to the caller's team")
     chunk_size: int | None = None
     chunk_overlap: int | None = None
@@ -59,7 +60,7 @@ class QueryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(min_length=1)
-    collection: str
+    collection: CollectionName
     top_k: int = Field(5, ge=1)
     mode: Mode = "hybrid"
     filters: Filters | None = None

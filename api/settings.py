@@ -16,6 +16,10 @@ class ServiceSettings(BaseSettings):
     home: Path = Field(default_factory=lambda: Path.home() / ".mighty")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite in the home folder")
     no_auth: bool = False
+    host: str | None = Field(None, description="address `mighty serve` binds; the Host header is checked "
+                                               "against it (None: an embedded app, not checked)")
+    allowed_hosts: str = Field("", description="comma-separated extra Host names this server answers to")
+    allowed_origins: str = Field("", description="comma-separated web origins allowed to send writes")
     default_llm: str = LOCAL_LLM
     max_body_bytes: int = 20 * 1024 * 1024
     max_card_upload_bytes: int = Field(4 * 1024 ** 3, description="body limit of POST /v1/cards (multipart "

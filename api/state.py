@@ -1,6 +1,7 @@
 """Long-lived service state: settings, collections, retrievers, keys, cards, jobs and rate limits."""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -13,7 +14,8 @@ from api.keys import KeyStore, Principal
 from api.settings import ServiceSettings
 from experts.fusion.cards import use_registry
 from experts.registry import CardRegistry
-from indexes.collection import Collection, Home
+from indexes.collection import Collection, CollectionBroken, Home
+from indexes.names import InvalidCollectionName
 from rag.pipeline import AnswerPipeline
 from rag.retriever import Retriever
 
@@ -32,6 +34,7 @@ class Job:
 
 
 _KEEP_JOBS = 1000  # finished jobs remembered for status queries (per process)
+log = logging.getLogger("mighty")
 
 
 class RateLimiter:
@@ -70,6 +73,7 @@ class ServiceState:
         self.jobs: dict[str, Job] = {}
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mighty-index")
         self._retrievers: dict[str, Retriever] = {}
+        self.unhealthy: dict[str, str] = {}  # collection -> why it could not be loaded (see warm_up)
         self._lock = threading.Lock()
 
     def collection(self, name: str) -> Collection:
@@ -84,11 +88,20 @@ class ServiceState:
             return retriever
 
     def warm_up(self) -> None:
-        """Load embedders and compile the BM25 kernels before the first request, not during it."""
+        """Load embedders and compile the BM25 kernels before the first request, not during it.
+
+        One broken collection (unreadable files, an embedder no longer allowed) must not stop the
+        server: it is logged, reported by /healthz, answers 503 with the reason, and can be dropped."""
         from rag.schemas import RetrievalRequest
 
         for name in self.home.names():
-            self.retriever(name).search(RetrievalRequest(query="warm up", top_k=1))
+            try:
+                _ = self.collection(name).embedder
+                self.retriever(name).search(RetrievalRequest(query="warm up", top_k=1))
+            except Exception as exc:  # noqa: BLE001 - any failure is this collection's, not the server's
+                known = isinstance(exc, (CollectionBroken, InvalidCollectionName))  # messages without paths
+                self.unhealthy[name] = str(exc) if known else type(exc).__name__
+                log.error("collection %r is unavailable: %s", name, self.unhealthy[name], exc_info=not known)
 
     def pipeline(self, name: str, model: str) -> AnswerPipeline:
         local = model.startswith(("local/", "fusion:", "fusion/"))  # in-process CPU models
@@ -98,6 +111,7 @@ class ServiceState:
     def forget(self, name: str) -> None:
         with self._lock:
             self._retrievers.pop(name, None)
+            self.unhealthy.pop(name, None)
 
     def submit(self, collection: str, kind: str, work, owner: Principal | None = None) -> Job:
         job = Job(uuid.uuid4().hex, collection, kind, owner.identity if owner else "")

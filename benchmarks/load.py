@@ -57,7 +57,7 @@ def free_port() -> int:
 
 def start_server(home: Path, port: int, workers: int) -> subprocess.Popen:
     env = {**os.environ, "MIGHTY_HOME": str(home), "MIGHTY_RATE_LIMIT_PER_MINUTE": "0"}
-    process = subprocess.Popen([sys.executable, "-m", "api.cli.main", "serve", "--port", str(port),
+    process = subprocess.Popen([sys.executable, "-m", "api.cli.main", "serve", "--port", str(port), "--no-auth",
                                 "--workers", str(workers)],
                                cwd=Path(__file__).resolve().parents[1], env=env)
     deadline = time.time() + 300

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from indexes.names import CollectionName
+
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,31}$")
 TEAM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -112,7 +114,7 @@ class CardManifest(_Strict):
     owner: str = Field(description="the team that owns the card; team keys may only change their own cards")
     kind: list[CardKind] = Field(default_factory=lambda: ["knowledge"])
     model: ModelSpec
-    collection: str | None = Field(None, description="Mighty collection holding the card's source corpus "
+    collection: CollectionName | None = Field(None, description="Mighty collection holding the card's source corpus "
                                                      "(used to fact-check its knowledge)")
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     fusion: FusionSettings = Field(default_factory=FusionSettings)

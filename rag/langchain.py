@@ -1,6 +1,7 @@
 """LangChain-core adapter: a Mighty collection as a `BaseRetriever` returning `Document`s."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
@@ -8,7 +9,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, PrivateAttr
 
-from indexes.collection import Collection
+from indexes.collection import Collection, Home
 from rag.retriever import Retriever
 from rag.schemas import Filters, Mode, RetrievalRequest
 
@@ -25,6 +26,11 @@ class MightyRetriever(BaseRetriever):
     fusion: str | None = None
     dense_weight: float | None = None
     _retriever: Retriever | None = PrivateAttr(None)
+
+    @classmethod
+    def from_home(cls, home: Path | str, collection: str, **options: Any) -> "MightyRetriever":
+        """The retriever of a named collection; the name goes through `Home.open`, which enforces the rule."""
+        return cls(collection=Home(Path(home)).open(collection), **options)
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
                                 **kwargs: Any) -> list[Document]:

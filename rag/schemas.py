@@ -7,6 +7,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from indexes.filters import validate_filter
 
+from indexes.names import CollectionName
+
 Mode = Literal["bm25", "dense", "hybrid"]
 FilterValue = str | int | float | bool
 # Checked (field pattern, operators, sizes) before the type itself, by the same function the store
@@ -18,7 +20,7 @@ class RetrievalRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(min_length=1, max_length=4096)
-    collection: str | None = Field(None, description="set by callers that route between collections")
+    collection: CollectionName | None = Field(None, description="set by callers that route between collections")
     top_k: int = Field(10, ge=1, le=1000)
     mode: Mode = "hybrid"
     fusion: Literal["convex", "rrf"] | None = Field(None, description="default: the collection's")

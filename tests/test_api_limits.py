@@ -5,7 +5,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.cli.serve_commands import _is_loopback
+from api.origin import is_loopback as _is_loopback
 from api.settings import ServiceSettings
 from api.state import RateLimiter
 

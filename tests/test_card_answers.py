@@ -33,7 +33,7 @@ def server(demo_home, tmp_path_factory):
     assert registered.returncode == 0, registered.stderr
     port = free_port()
     env = {**os.environ, "MIGHTY_HOME": str(home), "HF_HUB_OFFLINE": "1"}
-    process = start_server(["serve", "--port", str(port)], port, env, root / "server.log", 300)
+    process = start_server(["serve", "--port", str(port), "--no-auth"], port, env, root / "server.log", 300)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
         yield client
     process.terminate()

@@ -29,7 +29,7 @@ def server(demo_home, tmp_path_factory):
            "MIGHTY_LLM_THREADS": "2",
            "MIGHTY_LOCAL_CONTEXT_TOKENS": "300", "MIGHTY_LLM_TIMEOUT_S": "600"}  # CPU prefill of two models
     # the server's default LLM is the fused model: rag: answers go through it
-    process = start_server(["serve", "--port", str(port), "--llm", model], port, env, root / "server.log", 240)
+    process = start_server(["serve", "--port", str(port), "--no-auth", "--llm", model], port, env, root / "server.log", 240)
     yield {"base": f"http://127.0.0.1:{port}", "model": model, "card": card, "folder": folder, "root": root}
     process.terminate()
     process.wait(timeout=30)

@@ -11,8 +11,10 @@ from rich.table import Table
 
 from api.cli.context import EXIT_REJECTED, RichProgress, err, fail, home_from, out
 from api.errors import describe
-from indexes.collection import Collection, CollectionNotFound
+from indexes.collection import Collection, CollectionBroken, CollectionNotFound
 from indexes.config import ChunkingConfig, CollectionConfig, EmbedderConfig
+from indexes.embedder_allowlist import EmbedderNotAllowed
+from indexes.names import InvalidCollectionName, check_collection_name
 from indexes.documents import Rejection, Skipped
 from indexes.readers import read_paths
 from indexes.writer import WriteReport
@@ -26,7 +28,8 @@ def add(ctx: typer.Context,
         collection: str = typer.Option(..., "--collection", "-c", help="Created on first use."),
         chunk_size: int = typer.Option(None, help="Tokens per chunk (new collections only)."),
         chunk_overlap: int = typer.Option(None, help="Tokens shared by neighbouring chunks (new collections only)."),
-        embedder: str = typer.Option(None, help="Model path or Hugging Face id (new collections only)."),
+        embedder: str = typer.Option(None, help="An allow-listed embedder name: all-minilm-l6-v2 or one registered "
+                                                "in <home>/embedders.toml (new collections only)."),
         backend: str = typer.Option(None, help="torch | onnx | onnx-int8 (new collections only).")) -> None:
     """Add or update documents: unchanged ones are skipped, changed ones replace their old chunks."""
     home = home_from(ctx)
@@ -40,9 +43,13 @@ def add(ctx: typer.Context,
             chunking = ChunkingConfig(**_given(size=chunk_size, overlap=chunk_overlap))
             config = CollectionConfig(name=collection, chunking=chunking,
                                       embedder=EmbedderConfig(**_given(model=embedder, backend=backend)))
+            target = home.open_or_create(config)
         except ValidationError as exc:
             raise fail(describe(exc)) from None
-        target = home.open_or_create(config)
+        except EmbedderNotAllowed as exc:
+            raise fail(str(exc)) from None
+    except (InvalidCollectionName, CollectionBroken) as exc:
+        raise fail(str(exc)) from None
     report, rejections, skipped = ingest(target, paths, "reading and chunking")
     out.print(f"{collection}: {report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
               f"{report.chunks_written} chunks written, {len(rejections)} rejected"
@@ -74,14 +81,36 @@ def delete(ctx: typer.Context, ids: list[str] = typer.Argument(..., help="Docume
 def list_collections(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
     """Collections in the home folder."""
     home = home_from(ctx)
-    rows = [home.open(name).stats() for name in home.names()]
+    rows = [home.describe(name) for name in home.names()]
     if as_json:
         out.print_json(json.dumps(rows))
         return
     table = Table("collection", "documents", "chunks", "generation", "embedder")
     for row in rows:
+        if "broken" in row:
+            table.add_row(row["name"], "[red]broken[/]", "", "", row["broken"])
+            continue
         table.add_row(row["name"], str(row["documents"]), str(row["chunks"]), str(row["generation"]), row["embedder"])
     out.print(table)
+
+
+@app.command()
+def drop(ctx: typer.Context, collection: str = typer.Argument(..., help="Collection to remove with all its data."),
+         yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")) -> None:
+    """Delete a whole collection, even a broken one (unreadable files, an embedder no longer allowed)."""
+    home = home_from(ctx)
+    try:
+        check_collection_name(collection)
+        if collection not in home.names():
+            raise CollectionNotFound(f"unknown collection {collection!r} (known: {', '.join(home.names()) or 'none yet'})")
+        if not yes:
+            if not sys.stdin.isatty():
+                raise fail(f"dropping {collection!r} deletes all its documents; pass --yes to confirm")
+            typer.confirm(f"Delete collection {collection!r} and all its documents?", abort=True)
+        home.delete(collection)
+    except (InvalidCollectionName, CollectionNotFound) as exc:
+        raise fail(str(exc)) from None
+    out.print(f"{collection}: dropped")
 
 
 @app.command()
@@ -122,7 +151,7 @@ def ingest(target: Collection, paths: list[str], label: str) -> tuple[WriteRepor
 def open_collection(ctx: typer.Context, name: str):
     try:
         return home_from(ctx).open(name)
-    except CollectionNotFound as exc:
+    except (CollectionNotFound, InvalidCollectionName, CollectionBroken) as exc:
         raise fail(str(exc)) from None
 
 

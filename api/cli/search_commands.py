@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from api.cli.context import err, fail, home_from, out
 from api.cli.index_commands import ingest, open_collection
 from api.errors import describe
+from indexes.collection import CollectionBroken
 from indexes.config import CollectionConfig
 from rag.retriever import Retriever
 from rag.schemas import RetrievalRequest, RetrievalResult
@@ -41,7 +42,7 @@ def search(ctx: typer.Context, query: str = typer.Argument(...),
         raise fail(describe(exc)) from None
     try:
         result = Retriever(open_collection(ctx, collection)).search(request)
-    except ValueError as exc:  # a filter the store cannot express
+    except (ValueError, CollectionBroken) as exc:  # a filter the store cannot express; a broken collection
         raise fail(str(exc)) from None
     if as_json:
         print(result.model_dump_json())

@@ -1,13 +1,13 @@
 """`mighty serve` and `mighty keys ...`."""
 from __future__ import annotations
 
-import ipaddress
 import os
 
 import typer
 from rich.table import Table
 
 from api.cli.context import err, fail, home_from, out
+from api.origin import is_loopback
 
 keys_app = typer.Typer(help="Manage API keys (stored hashed in the SQL database).", no_args_is_help=True)
 
@@ -18,18 +18,9 @@ def _settings(ctx: typer.Context, **overrides):
     return ServiceSettings(home=home_from(ctx).root, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def serve(ctx: typer.Context, host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
-          no_auth: bool = typer.Option(None, "--no-auth/--auth",
-                                       help="Skip API keys (default: on for loopback, off otherwise)."),
+          no_auth: bool = typer.Option(False, "--no-auth/--auth",
+                                       help="Serve without API keys: loopback only, and only when asked for."),
           llm: str = typer.Option(None, help="Default LiteLLM model string for answers."),
           workers: int = typer.Option(1, help="uvicorn worker processes.")) -> None:
     """Start the REST service (OpenAPI docs at /docs)."""
@@ -37,22 +28,35 @@ def serve(ctx: typer.Context, host: str = typer.Option("127.0.0.1"), port: int =
 
     from api.app import create_app
 
-    if no_auth is None:
-        no_auth = _is_loopback(host)
-    if no_auth and not _is_loopback(host):
+    if no_auth and not is_loopback(host):
         raise fail(f"--no-auth is only allowed on loopback, not on {host}; create a key with `mighty keys create`")
-    settings = _settings(ctx, no_auth=no_auth, default_llm=llm)
-    err.print(f"Mighty on http://{host}:{port} (docs at /docs; auth {'off' if no_auth else 'on'}; "
-              f"home {settings.home})")
+    settings = _settings(ctx, no_auth=no_auth, default_llm=llm, host=host)
+    err.print(f"Mighty on http://{host}:{port} (docs at /docs; home {settings.home})")
+    err.print(banner(settings), highlight=False)
     if workers < 2:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
         return
     # Worker processes import the app themselves: hand them the settings through the environment,
     # and split the cores between them instead of letting each embedder claim all of them.
     os.environ.update({"MIGHTY_HOME": str(settings.home), "MIGHTY_NO_AUTH": str(no_auth).lower(),
-                       "MIGHTY_DEFAULT_LLM": settings.default_llm})
+                       "MIGHTY_DEFAULT_LLM": settings.default_llm, "MIGHTY_HOST": host})
     os.environ.setdefault("MIGHTY_EMBED_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
+
+
+def banner(settings) -> str:
+    """What a reader of the start-up log must know about who can reach this server."""
+    from api.origin import allowed_host_names
+
+    if settings.no_auth:
+        auth = ("auth OFF (--no-auth): any program on this machine can read and change every collection; "
+                "browsers' cross-site writes are still refused")
+    else:
+        auth = "auth on: requests need 'Authorization: Bearer <key>' (create one with `mighty keys create NAME`)"
+    names = allowed_host_names(settings.host, settings.allowed_hosts)
+    hosts = ("Host header not checked (bound to every interface; set MIGHTY_ALLOWED_HOSTS)" if names is None
+             else f"answers Host {', '.join(sorted(names))}")
+    return f"{auth}; {hosts}; cross-origin writes refused"
 
 
 @keys_app.command("create")

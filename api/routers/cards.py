@@ -20,6 +20,7 @@ from api.dependencies import get_principal, get_state
 from api.keys import Principal
 from api.state import ServiceState
 from experts.manifest import MANIFEST_NAMES, ManifestError, parse_manifest
+from experts.models import BaseNotAllowed, check_base
 from experts.registry import CardConflict, CardError, CardForbidden, CardNotFound, CardValidationError
 
 router = APIRouter(prefix="/v1", tags=["cards"])
@@ -74,10 +75,12 @@ def upload_card(manifest: UploadFile = File(..., description="card.toml or card.
                              "short TOML or YAML file")
     try:
         text = raw.decode("utf-8")
-        parse_manifest(text, PurePosixPath(manifest_name).name)
+        parsed = parse_manifest(text, PurePosixPath(manifest_name).name)
+        for base in {parsed.model.base, parsed.fusion.base} - {None}:
+            check_base(base)  # uploaders name allow-listed bases, never server paths or arbitrary hub ids
     except UnicodeDecodeError:
         raise _unprocessable(f"manifest: {manifest_name!r} is not UTF-8 text") from None
-    except ManifestError as error:
+    except (ManifestError, BaseNotAllowed) as error:
         raise _unprocessable(f"{error}; fix the manifest and upload again") from None
     paths = [_relative_path(index, upload.filename) for index, upload in enumerate(files)]
     uploads = state.settings.cards_dir / ".uploads"

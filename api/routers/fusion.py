@@ -93,8 +93,9 @@ def _timeout_error(error: Exception) -> HTTPException:
 async def generate(body: FusionGenerateRequest, state: ServiceState = Depends(get_state),
                    _: Principal = Depends(get_principal)):
     from experts.fusion.evaluate import describe
-    from experts.fusion.service import load_decoder, resolve_cards
+    from experts.fusion.service import check_client_base, load_decoder, resolve_cards
 
+    await _decoder(check_client_base, body.base)
     cards = await run_in_threadpool(_cards_or_http, resolve_cards, body.cards)
     decoder = await _decoder(load_decoder, body.base, cards, body.method, body.weights, body.alpha,
                              body.entropy_temperature)

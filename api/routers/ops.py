@@ -12,7 +12,12 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/healthz")
 def healthz(state: ServiceState = Depends(get_state)) -> dict:
-    return {"status": "ok", "collections": len(state.home.names()), "auth": not state.settings.no_auth}
+    """Live while the process serves; "degraded" names the collections that could not be loaded (only
+    those: a probe without a key learns the count of healthy collections, not their names)."""
+    names = state.home.names()
+    broken = {name: {"healthy": False, "error": error} for name, error in state.unhealthy.items() if name in names}
+    return {"status": "degraded" if broken else "ok", "collections": len(names), "unhealthy": broken,
+            "auth": not state.settings.no_auth}
 
 
 @router.get("/metrics")

@@ -16,7 +16,7 @@ from experts.fusion.sampling import SamplingOptions
 from experts.fusion.spec import FusionSpecError, parse_fusion_model
 from experts.fusion.vocab import VocabularyMismatch
 from experts.manifest import ManifestError
-from experts.models import ModelLoadError
+from experts.models import BaseNotAllowed, ModelLoadError, check_base
 from rag.local_llm import GenerationTimeout, LocalModelError
 
 
@@ -64,7 +64,17 @@ def decoder_for_model(model: str, method: str | None = None, weights: list[float
         spec = parse_fusion_model(model)
     except FusionSpecError as error:
         raise FusionError(str(error), 422) from None
+    check_client_base(spec.base)
     return load_decoder(spec.base, resolve_cards(spec.cards), method, weights, alpha, temperature)
+
+
+def check_client_base(base: str | None) -> None:
+    """A base named by a client must be on the allow-list (a card's own base was checked at upload)."""
+    if base is not None:
+        try:
+            check_base(base)
+        except BaseNotAllowed as error:
+            raise FusionError(str(error), 422) from None
 
 
 class _Deadline:

@@ -138,13 +138,14 @@ def _file_documents(spec: str) -> list[SourceDocument]:
 
 def _collection_documents(name: str, home_root: Path) -> list[SourceDocument]:
     """Rebuild each stored document from its chunks (their offsets say where each begins)."""
-    from indexes.collection import CollectionNotFound, Home
+    from indexes.collection import CollectionBroken, CollectionNotFound, Home
+    from indexes.names import InvalidCollectionName
 
     try:
         collection = Home(home_root).open(name)
-    except CollectionNotFound as error:
+        snapshot = collection.snapshot()
+    except (CollectionNotFound, InvalidCollectionName, CollectionBroken) as error:
         raise CorpusError(f"{COLLECTION_PREFIX}{name}: {error}") from None
-    snapshot = collection.snapshot()
     pieces: dict[str, list] = {}
     for segment, live in zip(snapshot.segments, snapshot.live):
         for row, chunk in enumerate(segment.store.all_chunks()):
