@@ -13,6 +13,7 @@ Needs the `ray` extra (`pip install mighty[ray]`).
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +29,22 @@ ROWS_PER_BATCH = 32  # documents per map_batches call
 
 
 def connect(address: str | None) -> None:
-    """Join the Ray cluster at `address`, or start a local instance ("local" or None)."""
+    """Join the Ray cluster at `address` (HOST:PORT of its head), or start a local instance ("local"
+    or None). An address nobody answers at is a `ConnectionError` within seconds (Ray itself would
+    retry for minutes)."""
     if ray.is_initialized():
         return
     if address in (None, "", "local"):
         ray.init(include_dashboard=False, log_to_driver=False)
-    else:
-        ray.init(address=address, log_to_driver=False)
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"a Ray address is HOST:PORT (or 'local'), not {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {host}:{port} ({exc.strerror or exc})") from None
+    ray.init(address=address, log_to_driver=False)
 
 
 class ChunkEmbedder:

@@ -82,3 +82,15 @@ def test_ray_ingestion_equals_single_process(ray_local, tmp_path, msmarco_record
         assert writer.delete(records[3]["_id"]) and not writer.delete("no-such-id")
         writer.commit()
     assert Home(ray_home).open("kb").stats()["documents"] == 59
+
+
+def test_an_unreachable_cluster_is_a_clear_error_and_changes_nothing(tmp_path):
+    from tests.helpers import free_port, run_mighty
+
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"_id": "a", "text": "Giraffes sleep little."}\n', encoding="utf-8")
+    home = tmp_path / "home"
+    for address, reason in ((f"127.0.0.1:{free_port()}", "nothing answers"), ("no-port", "HOST:PORT")):
+        result = run_mighty(home, "index", "add", str(source), "--collection", "kb", "--ray", address, timeout=120)
+        assert result.returncode == 2 and reason in result.stderr and "Traceback" not in result.stderr
+    assert not (home / "collections" / "kb").exists()

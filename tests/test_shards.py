@@ -222,3 +222,22 @@ def test_cli_builds_and_searches_a_sharded_collection(tmp_path, demo_home):
     hits = json.loads(found.stdout)["hits"]
     assert [(h["id"], h["chunk"]) for h in hits] == [(h.id, h.chunk) for h in single.hits]
     np.testing.assert_allclose([h["score"] for h in hits], [h.score for h in single.hits], atol=1e-6)
+
+
+def test_a_refused_partial_result_is_a_503_with_the_reason():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from api import error_handlers
+    from indexes.shard_search import ShardUnavailable
+
+    app = FastAPI()
+    error_handlers.install(app)
+
+    @app.get("/search")
+    def search():
+        raise ShardUnavailable("shard(s) [1] did not answer; partial results are refused")
+
+    response = TestClient(app).get("/search")
+    assert response.status_code == 503 and "[1] did not answer" in response.json()["detail"]
+    assert response.headers["retry-after"] == "5"

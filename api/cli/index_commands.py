@@ -39,6 +39,8 @@ def add(ctx: typer.Context,
         actors: int = typer.Option(2, "--actors", min=1, max=1024, help="Embedding actors in the Ray pool.")) -> None:
     """Add or update documents: unchanged ones are skipped, changed ones replace their old chunks."""
     home = home_from(ctx)
+    if ray is not None:
+        _connect_ray(ray)  # before anything is created: an unreachable cluster changes nothing
     try:
         target = home.open(collection)
         if any(v is not None for v in (chunk_size, chunk_overlap, embedder, backend, shards)):
@@ -157,17 +159,23 @@ def ingest(target: Collection, paths: list[str], label: str, ray_address: str | 
         return writer.report, rejections, skipped
 
 
-def _writer(target: Collection, progress: RichProgress, ray_address: str | None, actors: int):
-    if ray_address is None:
-        return target.writer(progress)
+def _connect_ray(address: str) -> None:
     try:
-        from indexes.ray_ingest import RayEmbeddingWriter, connect  # the optional ray extra
+        from indexes.ray_ingest import connect  # the optional ray extra
     except ImportError:
         raise fail("--ray needs Ray: pip install 'mighty[ray]'") from None
     try:
-        connect(ray_address)
+        connect(address)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise fail(f"cannot reach the Ray cluster at {ray_address!r}: {exc}") from None
+        raise fail(f"cannot use the Ray cluster at {address!r}: {exc}") from None
+
+
+def _writer(target: Collection, progress: RichProgress, ray_address: str | None, actors: int):
+    if ray_address is None:
+        return target.writer(progress)
+    _connect_ray(ray_address)
+    from indexes.ray_ingest import RayEmbeddingWriter
+
     return RayEmbeddingWriter(target.writer(progress), target, target.folder.parents[1], actors, progress)
 
 
