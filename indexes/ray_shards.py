@@ -82,10 +82,13 @@ class RayFanout:
             return {}
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=self.timeout_s())
         ready_set = set(ready)
+        answered = {shard: ref for shard, ref in refs.items() if ref in ready_set}
+        try:  # the usual case: one get for every answer
+            return dict(zip(answered, ray.get(list(answered.values()))))
+        except RayError:
+            pass
         results = {}
-        for shard, ref in refs.items():
-            if ref not in ready_set:
-                continue
+        for shard, ref in answered.items():
             try:
                 results[shard] = ray.get(ref)
             except RayError:  # the actor died or is restarting: this shard did not answer

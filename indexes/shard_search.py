@@ -65,6 +65,13 @@ class ShardSearcher:
     def dense(self, vector: np.ndarray, k: int, ef_search: int, where: Filter | None) -> Scored:
         return _arrays(self.snapshot.dense(vector, k, ef_search, where))
 
+    def dense_and_cross(self, vector: np.ndarray, k: int, ef_search: int, where: Filter | None, terms: list[str],
+                        weights: np.ndarray, stats: CollectionStats, bm25_ids: np.ndarray) -> tuple:
+        """Dense top-k plus what hybrid fusion asks next, in the same round trip: the BM25 scores of
+        those hits and the dense scores of this shard's BM25 hits."""
+        ids, scores = self.dense(vector, k, ef_search, where)
+        return ids, scores, self.bm25_of(terms, weights, ids, stats), self.dense_of(vector, bm25_ids)
+
     def bm25_of(self, terms: list[str], weights: np.ndarray, ids: np.ndarray, stats: CollectionStats) -> np.ndarray:
         return self.snapshot.bm25_of(self.config, terms, weights, _pairs(ids), stats)
 
@@ -124,6 +131,7 @@ class ShardedSnapshot:
                  local: list[Snapshot] | None = None, policy: str = "flag") -> None:
         self.sharded, self.fanout, self.policy = sharded, fanout, policy
         self.answers: ShardAnswers | None = None
+        self._query: _QueryState | None = None  # per-query views only: scores already fetched
         self.offsets = np.concatenate([[0], np.cumsum(segment_counts)]).astype(np.int64)
         self.stats = sharded.stats.collection_stats()
         self._local = local
@@ -139,6 +147,7 @@ class ShardedSnapshot:
         policy "refuse", a shard that does not answer fails the query (`ShardUnavailable`) instead."""
         view = copy.copy(self)
         view.answers = ShardAnswers(self.shards)
+        view._query = _QueryState()
         return view
 
     @property
@@ -176,7 +185,10 @@ class ShardedSnapshot:
         if not unique:
             return []
         calls = {shard: (unique, weights, k, self.stats, where) for shard in range(self.shards)}
-        return self._merge(self._call("bm25", calls), k)
+        hits = self._merge(self._call("bm25", calls), k)
+        if self._query is not None:
+            self._query.terms, self._query.weights, self._query.bm25_hits = unique, weights, hits
+        return hits
 
     def bm25(self, analyzer: Analyzer, config: BM25Config, query: str, k: int,
              where: Filter | None = None) -> list[ScoredRow]:
@@ -184,14 +196,36 @@ class ShardedSnapshot:
         return self.bm25_top_k(config, terms, weights, k, where)
 
     def dense(self, vector: np.ndarray, k: int, ef_search: int, where: Filter | None = None) -> list[ScoredRow]:
-        calls = {shard: (vector, k, ef_search, where) for shard in range(self.shards)}
-        return self._merge(self._call("dense", calls), k)
+        query = self._query
+        if query is None or query.terms is None:
+            calls = {shard: (vector, k, ef_search, where) for shard in range(self.shards)}
+            return self._merge(self._call("dense", calls), k)
+        # hybrid: after BM25, one round trip also brings the cross scores fusion will ask for
+        groups = self._group([(h.segment, h.row) for h in query.bm25_hits])
+        calls = {shard: (vector, k, ef_search, where, query.terms, query.weights, self.stats,
+                         groups[shard][1] if shard in groups else pack([], []))
+                 for shard in range(self.shards)}
+        results = self._call("dense_and_cross", calls)
+        query.vector = vector
+        for shard, (ids, _, bm25_scores, dense_of_bm25) in results.items():
+            for pair, score in zip(self._global(shard, ids), bm25_scores):
+                query.bm25[pair] = float(score)
+            if shard in groups:
+                for pair, score in zip(self._global(shard, groups[shard][1]), dense_of_bm25):
+                    query.dense[pair] = float(score)
+        return self._merge({shard: result[:2] for shard, result in results.items()}, k)
 
     def bm25_of(self, config: BM25Config, terms: list[str], weights: np.ndarray,
                 pairs: list[tuple[int, int]]) -> np.ndarray:
+        query = self._query
+        if query is not None and terms == query.terms and all(p in query.bm25 for p in pairs):
+            return np.asarray([query.bm25[p] for p in pairs], dtype=np.float64)
         return self._scatter("bm25_of", pairs, lambda ids: (terms, weights, ids, self.stats))
 
     def dense_of(self, vector: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray:
+        query = self._query
+        if query is not None and query.vector is vector and all(p in query.dense for p in pairs):
+            return np.asarray([query.dense[p] for p in pairs], dtype=np.float64)
         return self._scatter("dense_of", pairs, lambda ids: (vector, ids))
 
     def chunks(self, hits: list[ScoredRow]) -> list[Chunk]:
@@ -232,6 +266,10 @@ class ShardedSnapshot:
         hits.sort(key=lambda h: -h.score)
         return hits[:k]
 
+    def _global(self, shard: int, ids: np.ndarray) -> list[tuple[int, int]]:
+        segments, rows = unpack(ids)
+        return list(zip((segments + self.offsets[shard]).tolist(), rows.tolist()))
+
     def _group(self, pairs: list[tuple[int, int]]) -> dict[int, tuple[list[int], np.ndarray]]:
         """shard -> (positions in `pairs`, that shard's chunk ids)."""
         if not pairs:
@@ -254,6 +292,18 @@ class ShardedSnapshot:
                 raise ShardUnavailable(f"shard {shard} did not answer while candidates were scored")
             out[positions] = found[shard]
         return out
+
+
+@dataclass
+class _QueryState:
+    """What one query's hybrid search has already learnt from the shards."""
+
+    terms: list[str] | None = None
+    weights: np.ndarray | None = None
+    bm25_hits: list[ScoredRow] = field(default_factory=list)
+    vector: np.ndarray | None = None
+    bm25: dict[tuple[int, int], float] = field(default_factory=dict)  # exact BM25 of dense hits
+    dense: dict[tuple[int, int], float] = field(default_factory=dict)  # inner products of BM25 hits
 
 
 class ShardUnavailable(RuntimeError):

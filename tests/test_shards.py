@@ -17,6 +17,7 @@ import pytest
 from indexes.collection import Home, ShardedCollection
 from indexes.documents import SourceDocument
 from indexes.generations import current_generation
+from indexes.shard_search import LocalFanout
 from indexes.shards import shard_folder, shard_of
 from rag.retriever import Retriever
 from rag.schemas import RetrievalRequest
@@ -241,3 +242,19 @@ def test_a_refused_partial_result_is_a_503_with_the_reason():
     response = TestClient(app).get("/search")
     assert response.status_code == 503 and "[1] did not answer" in response.json()["detail"]
     assert response.headers["retry-after"] == "5"
+
+
+def test_hybrid_needs_three_round_trips_to_the_shards(pair, monkeypatch):
+    """BM25 top-k; dense top-k with the cross scores fusion needs; fetch. No separate scoring trips."""
+    _, sharded = pair
+    calls: list[str] = []
+    original = LocalFanout.call
+
+    def counting(self, method, per_shard):
+        calls.append(method)
+        return original(self, method, per_shard)
+
+    monkeypatch.setattr(LocalFanout, "call", counting)
+    result = BagOfWordsRetriever(sharded).search(RetrievalRequest(query=QUERIES[0], mode="hybrid", top_k=10))
+    assert result.hits and calls == ["bm25", "dense_and_cross", "chunks"]
+    assert result.shards.answered == list(range(SHARDS)) and not result.shards.partial
