@@ -248,6 +248,8 @@ class ShardedSnapshot:
 
     # -- addressing --------------------------------------------------------------------------
     def _call(self, method: str, calls: dict[int, tuple]) -> dict[int, Any]:
+        if self.answers is not None and self.answers.missing:  # a shard lost earlier in this query
+            calls = {shard: args for shard, args in calls.items() if shard not in self.answers.missing}
         results = self.fanout.call(method, calls)
         missing = set(calls) - set(results)
         if missing and self.policy == "refuse":
