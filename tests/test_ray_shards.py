@@ -23,7 +23,7 @@ from indexes.ray_shards import RayShardedCollection, shard_resource  # noqa: E40
 from indexes.shard_search import ShardUnavailable  # noqa: E402
 from indexes.shards import shard_folder, shard_of  # noqa: E402
 from rag.schemas import RetrievalRequest  # noqa: E402
-from tests.shard_helpers import BagOfWordsRetriever, build  # noqa: E402
+from tests.shard_helpers import BagOfWordsRetriever, build, upsert  # noqa: E402
 
 SHARDS = 2
 QUERY = RetrievalRequest(query="temperature thermometer mercury", mode="hybrid", top_k=10)
@@ -51,7 +51,7 @@ def _key(result):
     return [((h.id, h.chunk), round(h.score, 6)) for h in result.hits]
 
 
-def test_shards_run_on_their_nodes_lose_a_node_and_recover(cluster, collection):
+def test_shards_run_on_their_nodes_lose_a_node_recover_and_follow_commits(cluster, collection):
     cluster, nodes = cluster
     expected = BagOfWordsRetriever(collection).search(QUERY)
     on_ray = RayShardedCollection(collection, timeout_s=60)
@@ -84,5 +84,11 @@ def test_shards_run_on_their_nodes_lose_a_node_and_recover(cluster, collection):
             recovered = retriever.search(QUERY)
         assert not recovered.shards.partial and _key(recovered) == _key(expected)
         assert on_ray.placements(home)[1].node_id == replacement.node_id
+
+        with collection.writer() as writer:  # a new generation reaches the actors at the next query
+            upsert(writer, collection, SourceDocument("new-doc", "zebra quagga okapi"))
+            writer.commit()
+        found = retriever.search(RetrievalRequest(query="zebra quagga", mode="bm25"))
+        assert [h.id for h in found.hits] == ["new-doc"] and found.generation == collection.snapshot().generation
     finally:
         on_ray.close()
