@@ -50,6 +50,7 @@ def _results(home, name: str, mode: str):
             for q in QUERIES]
 
 
+@pytest.mark.slow
 def test_ray_ingestion_equals_single_process(ray_local, tmp_path, msmarco_records):
     records = msmarco_records[:60]
     source = tmp_path / "batch.jsonl"
@@ -84,6 +85,7 @@ def test_ray_ingestion_equals_single_process(ray_local, tmp_path, msmarco_record
     assert Home(ray_home).open("kb").stats()["documents"] == 59
 
 
+@pytest.mark.slow
 def test_an_unreachable_cluster_is_a_clear_error_and_changes_nothing(tmp_path):
     from tests.helpers import free_port, run_mighty
 

@@ -51,6 +51,7 @@ def _key(result):
     return [((h.id, h.chunk), round(h.score, 6)) for h in result.hits]
 
 
+@pytest.mark.slow
 def test_shards_run_on_their_nodes_lose_a_node_recover_and_follow_commits(cluster, collection):
     cluster, nodes = cluster
     expected = BagOfWordsRetriever(collection).search(QUERY)
