@@ -19,6 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from indexes.shard_search import ShardUnavailable
+
 log = logging.getLogger("mighty.api")
 
 
@@ -45,6 +47,11 @@ def install(app: FastAPI) -> None:
         if exc.status_code in (204, 304):
             return Response(status_code=exc.status_code, headers=headers)
         return SafeJSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(ShardUnavailable)
+    async def shard_unavailable(_: Request, exc: ShardUnavailable) -> Response:
+        # a sharded collection whose policy refuses partial results: retry later, never a short list
+        return SafeJSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> Response:

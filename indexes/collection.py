@@ -1,8 +1,9 @@
 """Named collections inside one Mighty home folder: create, open, list, delete, read and write.
 
-`Collection` is the small interface a distributed engine would place on each shard: `writer()`
+`Collection` is the small interface a distributed engine places on each shard: `writer()`
 (upsert, delete, commit) and `snapshot()` (search); BM25 statistics come from the snapshot
-separately from postings, so a coordinator can sum them across shards.
+separately from postings, so a coordinator can sum them across shards. `ShardedCollection` is that
+coordinator's collection: S shard folders (`ShardCollection`s) behind one generation pointer.
 """
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ from indexes.embedder_allowlist import EmbedderAllowList, EmbedderNotAllowed
 from indexes.embedders import Embedder, load_embedder, resolve_model
 from indexes.generations import Manifest, current_generation, list_generations, read_generation
 from indexes.segment import Segment
+from indexes.shard_search import LocalFanout, ShardedSnapshot, ShardSearcher
+from indexes.sharded_writer import ShardedWriter
+from indexes.shards import ShardedManifest, read_sharded, shard_folder
 from indexes.snapshot import Snapshot
 from indexes.names import InvalidCollectionName, collection_folder
 from indexes.writer import CollectionWriter, ProgressSink, lock_for_writing
@@ -90,9 +94,10 @@ class Collection:
                     self._snapshot = self.load_snapshot()
                 return self._snapshot
 
-    def load_snapshot(self) -> Snapshot:
-        generation = current_generation(self.folder)
-        if generation is None:
+    def load_snapshot(self, generation: int | None = None) -> Snapshot:
+        """The given committed generation (a sharded collection pins each shard's), else the current one."""
+        generation = current_generation(self.folder) if generation is None else generation
+        if not generation:
             return Snapshot(self.folder, Manifest(0), [], {})
         manifest, deletes = read_generation(self.folder, generation)
         segments = []
@@ -118,6 +123,56 @@ class Collection:
                 "embedder_backend": config.embedder.backend, "chunk_size": config.chunking.size,
                 "chunk_overlap": config.chunking.overlap, "default_llm": config.default_llm,
                 "analyzer": config.bm25.analyzer}
+
+
+class ShardCollection(Collection):
+    """One shard's folder, sharing its parent's (already loaded) embedder and chunker."""
+
+    def __init__(self, parent: "ShardedCollection", index: int) -> None:
+        super().__init__(shard_folder(parent.folder, index), parent.config, parent.allowed)
+        self.parent, self.index = parent, index
+
+    @property
+    def embedder(self) -> Embedder:  # type: ignore[override]
+        return self.parent.embedder
+
+    @property
+    def chunker(self) -> TokenChunker:  # type: ignore[override]
+        return self.parent.chunker
+
+
+class ShardedCollection(Collection):
+    """A collection split into `config.shards` shard folders behind one generation pointer
+    (`indexes.shards`): the same config, embedder, analyzer, retriever, REST and CLI as any collection;
+    only where rows live differs. Its snapshot is the shard coordinator (`indexes.shard_search`)."""
+
+    def __init__(self, folder: Path, config: CollectionConfig, allowed: EmbedderAllowList | None = None) -> None:
+        super().__init__(folder, config, allowed)
+        self.shards = [ShardCollection(self, i) for i in range(config.shards)]
+
+    def shard_snapshots(self, sharded: ShardedManifest) -> list[Snapshot]:
+        """Each shard at the generation the sharded generation names (not the shard's own CURRENT,
+        which a writer moves before the top level)."""
+        return [shard.load_snapshot(generation) for shard, generation in zip(self.shards, sharded.shards)]
+
+    def committed(self) -> ShardedManifest:
+        return read_sharded(self.folder) or ShardedManifest(0, [0] * len(self.shards))
+
+    def snapshot(self) -> ShardedSnapshot:  # type: ignore[override]
+        """The latest sharded generation, as a per-query view that records which shards answered."""
+        return super().snapshot().for_query()  # type: ignore[attr-defined]
+
+    def load_snapshot(self, generation: int | None = None) -> ShardedSnapshot:  # type: ignore[override]
+        sharded = self.committed()
+        snapshots = self.shard_snapshots(sharded)
+        searchers = [ShardSearcher(snapshot, self.config.bm25) for snapshot in snapshots]
+        return ShardedSnapshot(sharded, LocalFanout(searchers), [len(s.segments) for s in snapshots], snapshots)
+
+    def writer(self, progress: ProgressSink | None = None, wait: bool = True) -> ShardedWriter:  # type: ignore[override]
+        return ShardedWriter(self, progress, wait)
+
+    def stats(self) -> dict:
+        return {**super().stats(), "shards": len(self.shards)}
 
 
 class Home:
@@ -173,7 +228,8 @@ class Home:
             except (OSError, UnicodeDecodeError, ValueError) as exc:
                 raise CollectionBroken(f"collection {name!r} has an unreadable collection.json "
                                        f"({type(exc).__name__}); drop it with `mighty index drop {name}`") from None
-            self._open[name] = Collection(folder, config, self.embedders())
+            kind = ShardedCollection if config.shards > 1 else Collection
+            self._open[name] = kind(folder, config, self.embedders())
             return self._open[name]
 
     def open_or_create(self, config: CollectionConfig) -> Collection:

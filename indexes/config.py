@@ -110,6 +110,8 @@ class CollectionConfig(BaseModel):
     max_document_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_segments: int = Field(8, ge=1, description="merge all segments when a commit leaves more")
     keep_generations: int = Field(3, ge=1)
+    shards: int = Field(1, ge=1, le=256, description="shard folders documents are spread over by a hash of their "
+                                                    "id (indexes.shards); fixed when the collection is created")
 
     @classmethod
     def from_stored(cls, text: str) -> "CollectionConfig":

@@ -97,10 +97,11 @@ class Snapshot:
         return self.bm25_top_k(config, terms, weights, k, where)
 
     def bm25_top_k(self, config: BM25Config, unique: list[str], weights: np.ndarray, k: int,
-                   where: Filter | None = None) -> list[ScoredRow]:
+                   where: Filter | None = None, stats: CollectionStats | None = None) -> list[ScoredRow]:
+        """`stats`: collection-wide statistics from a shard coordinator (default: this snapshot's own)."""
         if not unique:
             return []
-        stats = self.bm25_stats(config)
+        stats = stats or self.bm25_stats(config)
         hits: list[ScoredRow] = []
         for position, (segment, mask) in enumerate(zip(self.segments, self.masks(where))):
             rows, scores = segment.sparse.top_k(unique, weights, k, config.k1, config.b, stats.avgdl, mask)
@@ -115,9 +116,9 @@ class Snapshot:
         return _best(hits, k)
 
     def bm25_of(self, config: BM25Config, terms: list[str], weights: np.ndarray,
-                pairs: list[tuple[int, int]]) -> np.ndarray:
-        """Exact BM25 scores of (segment, row) pairs."""
-        stats = self.bm25_stats(config)
+                pairs: list[tuple[int, int]], stats: CollectionStats | None = None) -> np.ndarray:
+        """Exact BM25 scores of (segment, row) pairs (`stats` as in `bm25_top_k`)."""
+        stats = stats or self.bm25_stats(config)
         return self._per_segment(pairs, lambda seg, rows: seg.sparse.score_rows(
             terms, weights, rows, config.k1, config.b, stats.avgdl))
 
@@ -140,17 +141,17 @@ class Snapshot:
 
     def centroid(self) -> np.ndarray | None:
         """The unit-length mean of the live chunk vectors: where the collection sits in embedding space."""
-        total, count = None, 0
+        return unit_length(self.vector_sum())
+
+    def vector_sum(self) -> np.ndarray | None:
+        """The sum of the live chunk vectors (None when there are none); shards' sums add up."""
+        total = None
         for segment, live in zip(self.segments, self.live):
             vectors = segment.dense.vectors if live is None else segment.dense.vectors[live.astype(bool)]
             if len(vectors):
                 part = vectors.sum(axis=0, dtype=np.float64)
                 total = part if total is None else total + part
-                count += len(vectors)
-        if total is None:
-            return None
-        norm = np.linalg.norm(total)
-        return (total / norm).astype(np.float32) if norm > 0 else None
+        return total
 
     def chunks(self, hits: list[ScoredRow]) -> list[Chunk]:
         by_segment: dict[int, list[int]] = {}
@@ -161,6 +162,13 @@ class Snapshot:
 
     def size_on_disk(self) -> int:
         return sum(p.stat().st_size for s in self.segments for p in s.folder.iterdir() if p.is_file())
+
+
+def unit_length(total: np.ndarray | None) -> np.ndarray | None:
+    if total is None:
+        return None
+    norm = np.linalg.norm(total)
+    return (total / norm).astype(np.float32) if norm > 0 else None
 
 
 def _best(hits: list[ScoredRow], k: int) -> list[ScoredRow]:

@@ -57,6 +57,11 @@ class WriteReport:
     generation: int | None = None
 
 
+def embedding_texts(chunks: list, include_title: bool) -> list[str]:
+    """What the embedder reads for each chunk (its title first, when the collection says so)."""
+    return [f"{c.title}\n{c.text}" if include_title and c.title else c.text for c in chunks]
+
+
 def lock_for_writing(folder: Path, name: str, wait: bool = True) -> IO[str]:
     """The collection's exclusive write lock (an open file; closing it releases the lock). Needs nothing
     but the folder, so a collection whose config or segments are broken can still be locked and dropped."""
@@ -91,6 +96,14 @@ class CollectionWriter:
         self.report = WriteReport()
 
     # -- document operations ---------------------------------------------------------------
+    def unchanged(self, document: SourceDocument) -> bool:
+        """Whether `upsert` would skip this document (same content hash as pending or stored), so a
+        caller that embeds elsewhere (`indexes.ray_ingest`) embeds only what will be written."""
+        pending, stored = self._pending.get(document.id), self._docs.get(document.id)
+        if pending is not None:
+            return pending.content_hash == document.content_hash
+        return stored is not None and stored[1].hash == document.content_hash
+
     def upsert(self, document: SourceDocument, vectors: np.ndarray | None = None) -> str:
         """Add or replace one document; returns 'added', 'updated' or 'unchanged'.
 
@@ -171,8 +184,7 @@ class CollectionWriter:
     def _vectors(self, documents: list[PendingDocument], chunks: list) -> np.ndarray:
         if all(d.vectors is not None for d in documents):
             return np.concatenate([d.vectors for d in documents]).astype(np.float32)
-        include_title = self._collection.config.embedder.include_title
-        texts = [f"{c.title}\n{c.text}" if include_title and c.title else c.text for c in chunks]
+        texts = embedding_texts(chunks, self._collection.config.embedder.include_title)
         self._progress.start("embedding", len(texts))
         return self._collection.embedder.encode(texts, progress=self._progress.advance)
 

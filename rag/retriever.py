@@ -12,7 +12,7 @@ from indexes.documents import Chunk
 from indexes.query_batcher import QueryBatcher
 from indexes.snapshot import ScoredRow, Snapshot
 from rag.fusion import convex_combination, min_max, reciprocal_rank_fusion
-from rag.schemas import Hit, RetrievalRequest, RetrievalResult, RetrieverRank
+from rag.schemas import Hit, RetrievalRequest, RetrievalResult, RetrieverRank, ShardReport
 
 _QUERY_CACHE = 1024
 
@@ -93,7 +93,8 @@ class Retriever:
                 for i, chunk in zip(order, chunks)]
         timings["total"] = sum(timings.values())
         return RetrievalResult(query=request.query, collection=self.collection.name, mode=request.mode,
-                               generation=snapshot.generation, hits=hits, weights=weights, timings_ms=timings)
+                               generation=snapshot.generation, hits=hits, weights=weights, timings_ms=timings,
+                               shards=_shard_report(snapshot))
 
     def _raw_scores(self, name: str, hits: list[ScoredRow], pool: list[tuple[int, int]], snapshot: Snapshot,
                     terms: list[str], term_weights: np.ndarray, vector: np.ndarray | None) -> np.ndarray:
@@ -104,6 +105,15 @@ class Retriever:
                      if name == "bm25" else snapshot.dense_of(vector, missing))
             known.update(zip(missing, exact.tolist()))
         return np.asarray([known[p] for p in pool], dtype=np.float64)
+
+
+def _shard_report(snapshot) -> ShardReport | None:
+    """What a sharded collection's per-query snapshot recorded about which shards answered."""
+    answers = getattr(snapshot, "answers", None)
+    if answers is None:
+        return None
+    return ShardReport(shards=answers.shards, answered=answers.answered, missing=sorted(answers.missing),
+                       partial=answers.partial)
 
 
 def _ranks(hits: list[ScoredRow], pool: list[tuple[int, int]]) -> np.ndarray:

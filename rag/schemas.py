@@ -46,6 +46,15 @@ class Hit(BaseModel):
     found_by: dict[str, RetrieverRank]
 
 
+class ShardReport(BaseModel):
+    """Which shards of a sharded collection answered: a partial result is flagged, never silent."""
+
+    shards: int
+    answered: list[int]
+    missing: list[int] = Field(default_factory=list, description="shards that did not answer in time")
+    partial: bool = Field(False, description="true when hits from the missing shards may be absent")
+
+
 class RetrievalResult(BaseModel):
     query: str
     collection: str
@@ -54,3 +63,4 @@ class RetrievalResult(BaseModel):
     hits: list[Hit]
     weights: dict[str, float] = Field(default_factory=dict)
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    shards: ShardReport | None = Field(None, description="sharded collections only")

@@ -30,19 +30,28 @@ def add(ctx: typer.Context,
         chunk_overlap: int = typer.Option(None, help="Tokens shared by neighbouring chunks (new collections only)."),
         embedder: str = typer.Option(None, help="An allow-listed embedder name: all-minilm-l6-v2 or one registered "
                                                 "in <home>/embedders.toml (new collections only)."),
-        backend: str = typer.Option(None, help="torch | onnx | onnx-int8 (new collections only).")) -> None:
+        backend: str = typer.Option(None, help="torch | onnx | onnx-int8 (new collections only)."),
+        shards: int = typer.Option(None, help="Shards to spread documents over, by a hash of their id; BM25 stays "
+                                              "exact and global (new collections only)."),
+        ray: str = typer.Option(None, "--ray", metavar="ADDRESS",
+                                help="Chunk and embed on Ray: a cluster address, or 'local' to start Ray here "
+                                     "(needs the ray extra)."),
+        actors: int = typer.Option(2, "--actors", min=1, max=1024, help="Embedding actors in the Ray pool.")) -> None:
     """Add or update documents: unchanged ones are skipped, changed ones replace their old chunks."""
     home = home_from(ctx)
+    if ray is not None:
+        _connect_ray(ray)  # before anything is created: an unreachable cluster changes nothing
     try:
         target = home.open(collection)
-        if any(v is not None for v in (chunk_size, chunk_overlap, embedder, backend)):
+        if any(v is not None for v in (chunk_size, chunk_overlap, embedder, backend, shards)):
             err.print(f"[yellow]note:[/] collection {collection!r} exists; its settings are kept "
                       "(create a new collection to change chunking or embedder)")
     except CollectionNotFound:
         try:
             chunking = ChunkingConfig(**_given(size=chunk_size, overlap=chunk_overlap))
             config = CollectionConfig(name=collection, chunking=chunking,
-                                      embedder=EmbedderConfig(**_given(model=embedder, backend=backend)))
+                                      embedder=EmbedderConfig(**_given(model=embedder, backend=backend)),
+                                      **_given(shards=shards))
             target = home.open_or_create(config)
         except ValidationError as exc:
             raise fail(describe(exc)) from None
@@ -50,7 +59,7 @@ def add(ctx: typer.Context,
             raise fail(str(exc)) from None
     except (InvalidCollectionName, CollectionBroken) as exc:
         raise fail(str(exc)) from None
-    report, rejections, skipped = ingest(target, paths, "reading and chunking")
+    report, rejections, skipped = ingest(target, paths, "reading and chunking", ray, actors)
     out.print(f"{collection}: {report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
               f"{report.chunks_written} chunks written, {len(rejections)} rejected"
               + (f", {len(skipped)} skipped (not documents)" if skipped else "")
@@ -126,13 +135,15 @@ def stats(ctx: typer.Context, collection: str = typer.Argument(...), as_json: bo
     out.print(table)
 
 
-def ingest(target: Collection, paths: list[str], label: str) -> tuple[WriteReport, list[Rejection], list[Skipped]]:
+def ingest(target: Collection, paths: list[str], label: str, ray_address: str | None = None,
+           actors: int = 2) -> tuple[WriteReport, list[Rejection], list[Skipped]]:
     """Read, upsert and commit with progress bars; rejections are printed as they happen.
 
-    Files met while walking a folder that are not documents are skipped: counted, not errors."""
+    Files met while walking a folder that are not documents are skipped: counted, not errors.
+    With `ray_address`, new and changed documents are chunked and embedded on Ray (`indexes.ray_ingest`)."""
     rejections: list[Rejection] = []
     skipped: list[Skipped] = []
-    with RichProgress() as progress, target.writer(progress) as writer:
+    with RichProgress() as progress, _writer(target, progress, ray_address, actors) as writer:
         progress.start(label, None)
         for item in read_paths(paths, target.config.max_document_bytes, stdin=sys.stdin):
             if isinstance(item, Skipped):
@@ -146,6 +157,26 @@ def ingest(target: Collection, paths: list[str], label: str) -> tuple[WriteRepor
             progress.advance(1)
         writer.commit()
         return writer.report, rejections, skipped
+
+
+def _connect_ray(address: str) -> None:
+    try:
+        from indexes.ray_ingest import connect  # the optional ray extra
+    except ImportError:
+        raise fail("--ray needs Ray: pip install 'mighty[ray]'") from None
+    try:
+        connect(address)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise fail(f"cannot use the Ray cluster at {address!r}: {exc}") from None
+
+
+def _writer(target: Collection, progress: RichProgress, ray_address: str | None, actors: int):
+    if ray_address is None:
+        return target.writer(progress)
+    _connect_ray(ray_address)
+    from indexes.ray_ingest import RayEmbeddingWriter
+
+    return RayEmbeddingWriter(target.writer(progress), target, target.folder.parents[1], actors, progress)
 
 
 def open_collection(ctx: typer.Context, name: str):
