@@ -8,22 +8,26 @@ weight on it costs quality; on entity-style corpora dense retrieval is far ahead
 Method (an inverse cloze test, after the ORQA pre-training task):
 1. Sample chunks with a seeded generator (seed and sample size are collection settings, so the
    same content always gives the same calibration).
-2. From each chunk take one sentence as a pseudo-query and *remove it* from the chunk, putting a
-   sentence of similar length from another sampled document in its place (so the masked chunk is
-   not recognisable by being shorter than the rest). The masked chunk (title + text) stands in for
+2. From each chunk take one sentence as a pseudo-query and *remove it* from the chunk, filling its
+   place with a copy of the chunk's own sentence closest in length (so the masked chunk is not
+   recognisable by being shorter than the rest, and gains no foreign words). The masked chunk (title + text) stands in for
    the source: a retriever has to recognise the passage a sentence came from by its context, as it
    must for a real question, instead of matching the sentence verbatim (which would hand BM25 a
    win it does not have on real queries).
 3. Score the masked source with each retriever as the index would (BM25 with the collection's
    statistics; dense with the collection's embedder) and pool it with both retrievers' top
    candidates from every *other* document, each scored by both retrievers.
-4. Run the query-time fusion function (`indexes.fusion.fuse`) over each pool for every candidate
-   setting: dense weight 0, 0.1, ..., 1 (the ends are the single retrievers), min-max or z-score
-   normalisation, per-query confidence weighting on or off; score each by the nDCG@10 of the
-   source (1 / log2(1 + rank), 0 beyond rank 10).
+4. Run the query-time fusion function (`indexes.fusion.fuse`, per-query confidence weighting as
+   configured) over each pool for every candidate setting: dense weight 0, 0.1, ..., 1 (the ends
+   are the single retrievers) with min-max or z-score normalisation; score each by the nDCG@10 of
+   the source (1 / log2(1 + rank), 0 beyond rank 10).
 5. Keep the setting whose score, smoothed over neighbouring weights (1-2-1), is best: a weight is
    chosen only if its neighbourhood is good too, which damps sampling noise. Ties go to the
    setting closest to the uncalibrated default.
+Why not simply keep the better single retriever when mixing does not clearly win: the pseudo-
+queries rank the two inputs reliably only when they differ a lot (they put dense ahead on this
+project's docs, where real questions favour BM25), so a mix is the hedge; the mix moves to a single
+retriever only when the other one adds nothing even on its best weights.
 A retriever that never finds the source earns weight 0, because any weight on it only reshuffles
 the other's ranking; two retrievers of similar strength earn a mix. The result is stored in the
 generation's manifest and reported by `mighty index stats`.
@@ -101,12 +105,17 @@ def calibrate(snapshot: Snapshot, config: CollectionConfig, analyzer: Analyzer,
     clozes = _sample(snapshot, analyzer, rng, fusion.calibration_samples)
     if len(clozes) < MIN_PROBES:
         return None
-    masked = [c.masked(_replacement(c, clozes[(i + 1) % len(clozes)])) for i, c in enumerate(clozes)]
+    return _choose(_probes(snapshot, config, analyzer, embedder, clozes), fusion.dense_weight, fusion.adaptive,
+                   fusion.calibration_seed)
+
+
+def _probes(snapshot: Snapshot, config: CollectionConfig, analyzer: Analyzer, embedder: Embedder,
+            clozes: list[_Cloze]) -> list[dict[str, np.ndarray]]:
+    masked = [c.masked(_replacement(c)) for c in clozes]
     title = config.embedder.include_title
     queries = encode_queries(embedder, [c.query for c in clozes])
     sources = embedder.encode([f"{c.title}\n{m}" if title and c.title else m for c, m in zip(clozes, masked)])
-    probes = [_probe(snapshot, config, analyzer, c, m, queries[i], sources[i]) for i, (c, m) in enumerate(zip(clozes, masked))]
-    return _choose(probes, fusion.dense_weight, fusion.adaptive, fusion.calibration_seed)
+    return [_probe(snapshot, config, analyzer, c, m, queries[i], sources[i]) for i, (c, m) in enumerate(zip(clozes, masked))]
 
 
 def _sample(snapshot: Snapshot, analyzer: Analyzer, rng: np.random.Generator,
@@ -143,11 +152,13 @@ def _cloze(doc_id: str, segment: int, title: str, text: str, analyzer: Analyzer,
     return _Cloze(doc_id, segment, title, sentences, chosen)
 
 
-def _replacement(cloze: _Cloze, donor: _Cloze) -> str:
-    """A sentence of another document, as long as can be found, put where the query sentence was:
-    simply deleting it would leave the source shorter than every other chunk, and both BM25's
-    length normalisation and an embedder's pooling would then find it by its length alone."""
-    others = [s for i, s in enumerate(donor.sentences) if i != donor.chosen]
+def _replacement(cloze: _Cloze) -> str:
+    """What fills the query sentence's place: a copy of the chunk's own sentence closest in length.
+    Simply deleting it would leave the source shorter than every other chunk, and both BM25's
+    length normalisation and an embedder that reads little of the text would then find it by its
+    length alone; a sentence from another document would instead pull its embedding off-topic and
+    hand BM25 (which ignores the foreign words) an edge it does not have on real questions."""
+    others = [s for i, s in enumerate(cloze.sentences) if i != cloze.chosen]
     return min(others, key=lambda s: (abs(len(s) - len(cloze.query)), s))
 
 
@@ -178,31 +189,29 @@ def _gain(scores: np.ndarray) -> float:
     return 1.0 / math.log2(rank + 1) if rank <= 10 else 0.0
 
 
-def _choose(probes: list[dict[str, np.ndarray]], default_weight: float, default_adaptive: bool,
+def _choose(probes: list[dict[str, np.ndarray]], default_weight: float, adaptive: bool,
             seed: int) -> FusionCalibration:
-    curves: dict[tuple[str, bool], np.ndarray] = {}
-    for normalisation in NORMALISATIONS:
-        for adaptive in (True, False):
-            curves[(normalisation, adaptive)] = np.asarray([
-                np.mean([_gain(fuse(p, FusionParams(w, normalisation, adaptive))[0]) for p in probes])
-                for w in GRID])
+    """The (dense weight, normalisation) whose pseudo-query nDCG@10, smoothed over neighbouring
+    weights, is best; per-query adaptivity stays as configured."""
+    curves = {normalisation: np.asarray([np.mean([_gain(fuse(p, FusionParams(w, normalisation, adaptive))[0])
+                                                  for p in probes]) for w in GRID])
+              for normalisation in NORMALISATIONS}
 
-    def closeness(setting: tuple[str, bool], weight: float) -> float:
-        return abs(weight - default_weight) + (setting[0] != "minmax") + (setting[1] != default_adaptive)
+    def closeness(normalisation: str, weight: float) -> float:
+        return abs(weight - default_weight) + (normalisation != "minmax")
 
-    best = max(((_smooth(curve)[i], -closeness(setting, w), setting, w)
-                for setting, curve in curves.items() for i, w in enumerate(GRID)), key=lambda t: t[:2])
-    _, _, (normalisation, adaptive), weight = best
-    chosen = curves[(normalisation, adaptive)]
-    default = curves[("minmax", default_adaptive)]
-    ndcg = {"bm25": np.mean([_gain(p["bm25"]) for p in probes]),
-            "dense": np.mean([_gain(p["dense"]) for p in probes]),
-            "hybrid": chosen[GRID.index(weight)],
-            "default": float(np.interp(default_weight, GRID, default))}
+    _, _, normalisation, weight = max(((round(float(_smooth(curve)[i]), 9), -closeness(n, w), n, w)
+                                       for n, curve in curves.items() for i, w in enumerate(GRID)),
+                                      key=lambda t: t[:2])
+    chosen = curves[normalisation]
+    ndcg = {"bm25": chosen[0], "dense": chosen[-1], "hybrid": chosen[GRID.index(weight)],
+            "default": float(np.interp(default_weight, GRID, curves["minmax"]))}
     return FusionCalibration(weight, normalisation, adaptive, len(probes), seed,
                              {k: round(float(v), 4) for k, v in ndcg.items()}, [round(float(v), 4) for v in chosen])
 
 
 def _smooth(curve: np.ndarray) -> np.ndarray:
+    """1-2-1 smoothing over neighbouring weights (ends repeated): a weight wins only if its
+    neighbourhood is good too, which damps the noise of a few hundred pseudo-queries."""
     padded = np.concatenate([[curve[0]], curve, [curve[-1]]])
     return (padded[:-2] + 2 * padded[1:-1] + padded[2:]) / 4

@@ -191,6 +191,14 @@ class CollectionWriter:
         self.report.generation = manifest.generation
         return manifest
 
+    def recalibrate(self) -> Manifest | None:
+        """Publish the same content as a new generation with a freshly measured fusion calibration
+        (e.g. for collections committed before calibration existed); None when it is empty."""
+        if not self._segments and not self._pending:
+            return None
+        self._changed = True
+        return self.commit()
+
     def _calibrate(self, manifest: Manifest, segments: list[Segment], deletes: dict[str, np.ndarray]) -> dict | None:
         """Fusion settings measured on the generation about to be published (indexes.calibration)."""
         collection = self._collection

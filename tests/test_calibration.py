@@ -94,13 +94,18 @@ def test_calibration_is_reproducible_for_a_seed_and_stored_in_the_generation(unk
     assert reseeded.seed == 5 and reseeded.dense_weight == 0.0
 
 
-def test_index_stats_reports_the_calibrated_fusion(unknown_language):
-    home, _, _ = unknown_language
+def test_index_stats_reports_the_calibrated_fusion_and_calibrate_reproduces_it(unknown_language):
+    home, collection, _ = unknown_language
     result = run_mighty(home.root, "index", "stats", "pseudo", "--json")
     assert result.returncode == 0, result.stderr
-    fusion = json.loads(result.stdout)["fusion"]
+    stats = json.loads(result.stdout)
+    fusion = stats["fusion"]
     assert fusion["source"] == "calibrated" and fusion["method"] == "inverse-cloze"
     assert set(fusion["ndcg"]) == {"bm25", "dense", "hybrid", "default"}
+    again = run_mighty(home.root, "index", "calibrate", "pseudo", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == fusion  # same content and seed: the same measurement
+    assert collection.snapshot().generation == stats["generation"] + 1
 
 
 def test_small_or_opted_out_collections_keep_the_configured_fusion(tmp_path):

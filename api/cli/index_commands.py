@@ -96,6 +96,21 @@ def stats(ctx: typer.Context, collection: str = typer.Argument(...), as_json: bo
     out.print(table)
 
 
+@app.command()
+def calibrate(ctx: typer.Context, collection: str = typer.Argument(...),
+              as_json: bool = typer.Option(False, "--json")) -> None:
+    """Measure the hybrid fusion settings again on the collection's own text (no labels needed)."""
+    target = open_collection(ctx, collection)
+    with target.writer() as writer:
+        writer.recalibrate()
+    fusion = target.stats()["fusion"]
+    if as_json:
+        out.print_json(json.dumps(fusion))
+        return
+    out.print(f"{collection}: {fusion['source']} fusion, dense weight {fusion['dense_weight']}, "
+              f"{fusion['normalisation']} normalisation, adaptive {fusion['adaptive']}")
+
+
 def ingest(target: Collection, paths: list[str], label: str) -> tuple[WriteReport, list[Rejection]]:
     """Read, upsert and commit with progress bars; rejections are printed as they happen."""
     rejections: list[Rejection] = []
