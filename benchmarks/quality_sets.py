@@ -4,8 +4,9 @@
 - pg-essays: a known-item set over the shared Paul Graham essay chunks. Queries are simulated the
   way Azzopardi, de Rijke & Balog (SIGIR 2007) simulate known-item queries: pick chunks with a
   seeded generator, then draw 3-5 distinct words from each with probability proportional to
-  tf x idf (discriminative words, as a user who remembers a passage would type), in the order they
-  appear. The one relevant document is the chunk they came from. Nothing is hand-picked.
+  tf x idf (their "discriminative" model: the rare words a user who remembers a passage types),
+  in the order they appear. The one relevant document is the chunk they came from. Nothing is
+  hand-picked. pg-essays-popular: the same chunks and lengths with their "popular" model (p ~ tf).
 - docs-qa: the questions in `data/qa/docs-qa.jsonl` over `data/docs`, relevant = the `doc` named.
 - arabic: `benchmarks/data/arabic-qa`, a small Arabic reading-comprehension-style set written for
   this project (questions paraphrase their passage rather than quote it).
@@ -53,8 +54,9 @@ def _write_beir(folder: Path, corpus: Path | list[dict], queries: dict[str, str]
     return folder
 
 
-def pg_essays(work: Path, queries: int = 150, seed: int = 0) -> Path | None:
-    """Known-item queries simulated from the essay chunks (see the module docstring)."""
+def pg_essays(work: Path, queries: int = 150, seed: int = 0, model: str = "discriminative") -> Path | None:
+    """Known-item queries simulated from the essay chunks (see the module docstring); `model` is
+    Azzopardi's term-selection model: "discriminative" (p ~ tf x idf) or "popular" (p ~ tf)."""
     source = SHARED / "corpora" / "pg-essays" / "corpus.jsonl"
     if not source.is_file():
         return None
@@ -72,7 +74,8 @@ def pg_essays(work: Path, queries: int = 150, seed: int = 0) -> Path | None:
         vocab = sorted(counts)
         if len(vocab) < 5:
             continue
-        weight = np.asarray([counts[w] * math.log(len(docs) / df[w]) for w in vocab])
+        weight = np.asarray([counts[w] * (math.log(len(docs) / df[w]) if model == "discriminative" else 1.0)
+                             for w in vocab])
         length = int(rng.integers(3, 6))
         picked = set(rng.choice(len(vocab), size=length, replace=False, p=weight / weight.sum()).tolist())
         first = {}
@@ -82,7 +85,8 @@ def pg_essays(work: Path, queries: int = 150, seed: int = 0) -> Path | None:
         query_id = f"pg{number:03d}"
         query_text[query_id] = " ".join(terms)
         qrels[query_id] = {docs[index]["_id"]: 1}
-    return _write_beir(work / "pg-essays", source, query_text, qrels)
+    name = "pg-essays" if model == "discriminative" else f"pg-essays-{model}"
+    return _write_beir(work / name, source, query_text, qrels)
 
 
 def docs_qa(work: Path, questions: Path = ROOT / "data" / "qa" / "docs-qa.jsonl") -> Path | None:
@@ -106,7 +110,8 @@ def docs_qa(work: Path, questions: Path = ROOT / "data" / "qa" / "docs-qa.jsonl"
 def available(work: Path, extra: list[Path], only: list[str] | None = None,
               qa: Path = ROOT / "data" / "qa" / "docs-qa.jsonl") -> list[Path]:
     """Every set that can be built here (or those named in `only`), then any BEIR folders given."""
-    builders = {"msmarco": msmarco, "pg-essays": lambda: pg_essays(work), "docs-qa": lambda: docs_qa(work, qa),
+    builders = {"msmarco": msmarco, "pg-essays": lambda: pg_essays(work),
+                "pg-essays-popular": lambda: pg_essays(work, model="popular"), "docs-qa": lambda: docs_qa(work, qa),
                 "arabic-qa": arabic}
     built = [build() for name, build in builders.items() if not only or name in only]
     return [p for p in built if p is not None] + list(extra)
