@@ -12,6 +12,7 @@ from indexes.calibration import FusionCalibration, calibrate
 from indexes.collection import Home
 from indexes.config import CollectionConfig, FusionConfig
 from indexes.documents import SourceDocument
+from indexes.fusion import FusionParams, fuse
 from rag.metrics import ndcg_at_k
 from rag.retriever import Retriever
 from rag.schemas import RetrievalRequest
@@ -120,3 +121,15 @@ def test_small_or_opted_out_collections_keep_the_configured_fusion(tmp_path):
         assert collection.snapshot().manifest.fusion is None
         settings = collection.stats()["fusion"]
         assert settings["source"] == "configured" and settings["dense_weight"] == fusion.dense_weight
+
+
+def test_fusion_at_the_end_weights_ranks_exactly_as_that_retriever():
+    rng = np.random.default_rng(3)
+    scores = {"bm25": rng.gamma(2.0, 3.0, 50), "dense": rng.uniform(-0.2, 0.9, 50)}
+    for normalisation in ("minmax", "zscore"):
+        for weight, name in ((0.0, "bm25"), (1.0, "dense")):
+            fused, used = fuse(scores, FusionParams(weight, normalisation, adaptive=True))
+            assert fused.min() >= 0.0 and fused.max() <= 1.0
+            assert used[name] == 1.0
+            np.testing.assert_array_equal(np.argsort(-fused, kind="mergesort"),
+                                          np.argsort(-scores[name], kind="mergesort"))
