@@ -102,6 +102,10 @@ class ChunkStore:
         rows = self._execute("SELECT doc_id, hash, first_row, rows FROM docs ORDER BY first_row")
         return [DocumentEntry(*row) for row in rows]
 
+    def document(self, doc_id: str) -> DocumentEntry | None:
+        rows = self._execute("SELECT doc_id, hash, first_row, rows FROM docs WHERE doc_id = ?", (doc_id,))
+        return DocumentEntry(*rows[0]) if rows else None
+
     def chunks(self, rows: list[int]) -> dict[int, Chunk]:
         if not rows:
             return {}

@@ -122,7 +122,16 @@ class Collection:
                 "size_bytes": snapshot.size_on_disk(), "embedder": config.embedder.model,
                 "embedder_backend": config.embedder.backend, "chunk_size": config.chunking.size,
                 "chunk_overlap": config.chunking.overlap, "default_llm": config.default_llm,
-                "analyzer": config.bm25.analyzer}
+                "analyzer": config.bm25.analyzer,
+                "fusion": self.fusion_settings(snapshot)}
+
+    def fusion_settings(self, snapshot: Snapshot) -> dict:
+        """The hybrid fusion queries of this snapshot get: calibrated at commit, else configured."""
+        fusion = self.config.fusion
+        if fusion.calibrate and snapshot.manifest.fusion:
+            return {"source": "calibrated", **snapshot.manifest.fusion}
+        return {"source": "configured", "dense_weight": fusion.dense_weight, "normalisation": "minmax",
+                "adaptive": fusion.adaptive}
 
 
 class ShardCollection(Collection):

@@ -92,6 +92,10 @@ class FusionConfig(BaseModel):
     adaptive: bool = True
     rrf_k: int = Field(60, ge=1)
     candidates: int = Field(100, ge=1, le=10_000, description="hits taken from each retriever")
+    calibrate: bool = Field(True, description="measure fusion settings on pseudo-queries at each commit "
+                            "(indexes.calibration); dense_weight/adaptive then apply only without one")
+    calibration_samples: int = Field(200, ge=10, le=5000, description="pseudo-queries per calibration")
+    calibration_seed: int = Field(0, ge=0, description="seed of the chunk sample, for reproducible weights")
 
 
 class CollectionConfig(BaseModel):

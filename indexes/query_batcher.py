@@ -13,7 +13,7 @@ from concurrent.futures import Future
 
 import numpy as np
 
-from indexes.embedders import Embedder
+from indexes.embedders import Embedder, encode_queries
 
 
 class QueryBatcher:
@@ -38,7 +38,7 @@ class QueryBatcher:
                 except queue.Empty:
                     break
             try:
-                vectors = self._embedder.encode([text for text, _ in batch])
+                vectors = encode_queries(self._embedder, [text for text, _ in batch])
             except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
                 for _, future in batch:
                     future.set_exception(exc)

@@ -26,7 +26,7 @@ from indexes.config import BM25Config
 from indexes.documents import Chunk
 from indexes.generations import Manifest
 from indexes.shards import ShardedManifest, ShardStats
-from indexes.snapshot import ScoredRow, Snapshot, unit_length
+from indexes.snapshot import ScoredRow, Snapshot, pool_scores, unit_length
 from indexes.sparse import CollectionStats, query_weights
 
 _ROW_BITS = 32
@@ -227,6 +227,11 @@ class ShardedSnapshot:
         if query is not None and query.vector is vector and all(p in query.dense for p in pairs):
             return np.asarray([query.dense[p] for p in pairs], dtype=np.float64)
         return self._scatter("dense_of", pairs, lambda ids: (vector, ids))
+
+    def pooled(self, lists: dict[str, list[ScoredRow]], config: BM25Config, terms: list[str],
+               weights: np.ndarray, vector: np.ndarray | None,
+               pool: list[tuple[int, int]] | None = None) -> tuple[list[tuple[int, int]], dict[str, np.ndarray]]:
+        return pool_scores(self, lists, config, terms, weights, vector, pool)
 
     def chunks(self, hits: list[ScoredRow]) -> list[Chunk]:
         groups = self._group([(h.segment, h.row) for h in hits])

@@ -126,6 +126,11 @@ class Snapshot:
         """Exact inner products of (segment, row) pairs with the query vector."""
         return self._per_segment(pairs, lambda seg, rows: seg.dense.vectors[rows] @ vector)
 
+    def pooled(self, lists: dict[str, list[ScoredRow]], config: BM25Config, terms: list[str],
+               weights: np.ndarray, vector: np.ndarray | None,
+               pool: list[tuple[int, int]] | None = None) -> tuple[list[tuple[int, int]], dict[str, np.ndarray]]:
+        return pool_scores(self, lists, config, terms, weights, vector, pool)
+
     def _per_segment(self, pairs, score) -> np.ndarray:
         out = np.zeros(len(pairs), dtype=np.float64)
         if not pairs:
@@ -174,3 +179,23 @@ def unit_length(total: np.ndarray | None) -> np.ndarray | None:
 def _best(hits: list[ScoredRow], k: int) -> list[ScoredRow]:
     hits.sort(key=lambda h: -h.score)
     return hits[:k]
+
+
+def pool_scores(scorer, lists: dict[str, list[ScoredRow]], config: BM25Config, terms: list[str],
+                weights: np.ndarray, vector: np.ndarray | None,
+                pool: list[tuple[int, int]] | None = None) -> tuple[list[tuple[int, int]], dict[str, np.ndarray]]:
+    """The union of several retrievers' candidates (or the given `pool`), and every retriever's
+    exact score for every candidate: nothing is guessed for a row one retriever did not return.
+    `scorer` is any snapshot with `bm25_of` and `dense_of` (a local one, or the shard coordinator)."""
+    if pool is None:
+        pool = list(dict.fromkeys((h.segment, h.row) for hits in lists.values() for h in hits))
+    raw = {}
+    for name, hits in lists.items():
+        known = {(h.segment, h.row): h.score for h in hits}
+        missing = [p for p in pool if p not in known]
+        if missing:
+            exact = (scorer.bm25_of(config, terms, weights, missing) if name == "bm25"
+                     else scorer.dense_of(vector, missing))
+            known.update(zip(missing, exact.tolist()))
+        raw[name] = np.asarray([known[p] for p in pool], dtype=np.float64)
+    return pool, raw

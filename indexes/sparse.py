@@ -131,6 +131,17 @@ class SparseSegment:
         return scores
 
 
+def bm25_of_terms(document_terms: list[str], terms: list[str], weights: np.ndarray, k1: float, b: float,
+                  avgdl: float) -> float:
+    """BM25 of a text that is not in the index (its analyzed terms) under the collection's
+    statistics: the same formula as `score_rows`, for callers that score a modified chunk."""
+    counts: dict[str, int] = {}
+    for term in document_terms:
+        counts[term] = counts.get(term, 0) + 1
+    norm = k1 * (1.0 - b + b * len(document_terms) / avgdl)
+    return float(sum(w * f * (k1 + 1.0) / (f + norm) for t, w in zip(terms, weights) if (f := counts.get(t, 0))))
+
+
 @dataclass(frozen=True)
 class CollectionStats:
     """Global BM25 statistics: summed over every segment (or shard) of a collection."""

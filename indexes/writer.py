@@ -15,12 +15,14 @@ from typing import IO, TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from indexes.calibration import calibrate
 from indexes.chunk_store import DocumentEntry
 from indexes.documents import SourceDocument, non_finite_number
 from indexes.durable import failpoint
 from indexes.generations import Manifest, SegmentRef, collect_garbage, commit_generation, next_generation_number
 from indexes.merge import merge_segments
 from indexes.segment import PendingDocument, Segment, write_segment
+from indexes.snapshot import Snapshot
 from indexes.sparse import SparseSegment
 
 if TYPE_CHECKING:
@@ -201,6 +203,7 @@ class CollectionWriter:
         folder = self._collection.folder
         manifest = Manifest(next_generation_number(folder), refs, documents=len(self._docs),
                             chunks=sum(r.rows - r.deleted for r in refs))
+        manifest.fusion = self._calibrate(manifest, segments, deletes)
         commit_generation(folder, manifest, deletes)
         failpoint("after-commit")
         collect_garbage(folder, self._collection.config.keep_generations)
@@ -208,6 +211,24 @@ class CollectionWriter:
         self._changed = False
         self.report.generation = manifest.generation
         return manifest
+
+    def recalibrate(self) -> Manifest | None:
+        """Publish the same content as a new generation with a freshly measured fusion calibration
+        (e.g. for collections committed before calibration existed); None when it is empty."""
+        if not self._segments and not self._pending:
+            return None
+        self._changed = True
+        return self.commit()
+
+    def _calibrate(self, manifest: Manifest, segments: list[Segment], deletes: dict[str, np.ndarray]) -> dict | None:
+        """Fusion settings measured on the generation about to be published (indexes.calibration)."""
+        collection = self._collection
+        if not collection.config.fusion.calibrate:
+            return None
+        self._progress.start("calibrating fusion", None)
+        snapshot = Snapshot(collection.folder, manifest, segments, deletes)
+        found = calibrate(snapshot, collection.config, collection.analyzer, collection.embedder)
+        return found.to_dict() if found else None
 
     def _merge(self, segments: list[Segment]) -> Segment:
         self._progress.start(f"merging {len(segments)} segments", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import replace
 
 import numpy as np
 
@@ -11,7 +12,7 @@ from indexes.collection import Collection
 from indexes.documents import Chunk
 from indexes.query_batcher import QueryBatcher
 from indexes.snapshot import ScoredRow, Snapshot
-from rag.fusion import convex_combination, min_max, reciprocal_rank_fusion
+from indexes.fusion import FusionParams, fuse, min_max, reciprocal_rank_fusion
 from rag.schemas import Hit, RetrievalRequest, RetrievalResult, RetrieverRank, ShardReport
 
 _QUERY_CACHE = 1024
@@ -65,22 +66,20 @@ class Retriever:
             lists["dense"] = snapshot.dense(vector, candidates, config.dense.ef_search, request.filters)
             timings["dense"] = _ms(started)
         started = time.perf_counter()
-        pool = list(dict.fromkeys((h.segment, h.row) for hits in lists.values() for h in hits))
-        raw = {name: self._raw_scores(name, hits, pool, snapshot, terms, term_weights, vector)
-               for name, hits in lists.items()}
+        pool, raw = snapshot.pooled(lists, config.bm25, terms, term_weights, vector)
         ranks = {name: _ranks(hits, pool) for name, hits in lists.items()}
         weights: dict[str, float] = {}
+        params = self._fusion_params(snapshot, request)
         if not pool:
             fused = np.zeros(0)
         elif request.mode != "hybrid":
             (name,) = lists
             fused = min_max(raw[name])
         elif (request.fusion or fusion.method) == "rrf":
-            fused = reciprocal_rank_fusion(ranks, fusion.rrf_k)
+            calibrated = self.collection.fusion_settings(snapshot)["source"] == "calibrated"
+            fused = reciprocal_rank_fusion(ranks, fusion.rrf_k, params.weights() if calibrated else None)
         else:
-            dense_weight = fusion.dense_weight if request.dense_weight is None else request.dense_weight
-            adaptive = fusion.adaptive if request.adaptive is None else request.adaptive
-            fused, weights = convex_combination(raw, {"bm25": 1 - dense_weight, "dense": dense_weight}, adaptive)
+            fused, weights = fuse(raw, params)
         order = np.argsort(-fused, kind="mergesort")[:request.top_k]
         chosen = [ScoredRow(*pool[i], float(fused[i])) for i in order]
         timings["fusion"] = _ms(started)
@@ -96,15 +95,15 @@ class Retriever:
                                generation=snapshot.generation, hits=hits, weights=weights, timings_ms=timings,
                                shards=_shard_report(snapshot))
 
-    def _raw_scores(self, name: str, hits: list[ScoredRow], pool: list[tuple[int, int]], snapshot: Snapshot,
-                    terms: list[str], term_weights: np.ndarray, vector: np.ndarray | None) -> np.ndarray:
-        known = {(h.segment, h.row): h.score for h in hits}
-        missing = [p for p in pool if p not in known]
-        if missing:
-            exact = (snapshot.bm25_of(self.collection.config.bm25, terms, term_weights, missing)
-                     if name == "bm25" else snapshot.dense_of(vector, missing))
-            known.update(zip(missing, exact.tolist()))
-        return np.asarray([known[p] for p in pool], dtype=np.float64)
+    def _fusion_params(self, snapshot: Snapshot, request: RetrievalRequest) -> FusionParams:
+        """The collection's calibrated settings (or its configured ones), with per-request overrides."""
+        settings = self.collection.fusion_settings(snapshot)
+        params = FusionParams(settings["dense_weight"], settings["normalisation"], settings["adaptive"])
+        if request.dense_weight is not None:
+            params = replace(params, dense_weight=request.dense_weight)
+        if request.adaptive is not None:
+            params = replace(params, adaptive=request.adaptive)
+        return params
 
 
 def _shard_report(snapshot) -> ShardReport | None:

