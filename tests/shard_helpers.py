@@ -8,7 +8,7 @@ import numpy as np
 
 from indexes.analyzer import Analyzer
 from indexes.collection import Home
-from indexes.config import BM25Config, CollectionConfig
+from indexes.config import BM25Config, CollectionConfig, FusionConfig
 from indexes.documents import SourceDocument
 from rag.retriever import Retriever
 
@@ -39,7 +39,10 @@ def upsert(writer, collection, document: SourceDocument) -> None:
 
 
 def build(root, shards: int, documents: list[SourceDocument], name: str = "corpus"):
-    collection = Home(root).create(CollectionConfig(name=name, shards=shards))
+    # these vectors come from no embedder, so commit-time calibration (which embeds pseudo-queries with
+    # the collection's model) cannot run: both sides use the configured fusion settings
+    config = CollectionConfig(name=name, shards=shards, fusion=FusionConfig(calibrate=False))
+    collection = Home(root).create(config)
     with collection.writer() as writer:
         for document in documents:
             upsert(writer, collection, document)

