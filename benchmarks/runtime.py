@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does; see rag/runtime/__init__.py
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -46,14 +47,17 @@ def measure(model, prompt: list[int], tokens: int) -> dict[str, float]:
     return {"prompt_tokens_per_s": len(prompt) / prefill, "tokens_per_s": (tokens - 1) / decode}
 
 
-def engines(name: str) -> dict:
+def engines(name: str, which: list[str]) -> dict:
     from experts.models import load_base
     from rag.runtime import load_model
     from rag.runtime.hf import TransformersModel
 
-    loaded = load_base(name)
-    return {"llama.cpp": load_model(name),
-            "transformers": TransformersModel(name, Path(loaded.source), model=loaded.model, tokenizer=loaded.tokenizer)}
+    found = {"llama.cpp": load_model(name)}
+    if "transformers" in which:
+        loaded = load_base(name)
+        found["transformers"] = TransformersModel(name, Path(loaded.source), model=loaded.model,
+                                                  tokenizer=loaded.tokenizer)
+    return found
 
 
 def fused_speed(base: str, prompt: list[int], tokens: int, rounds: int) -> dict[str, float]:
@@ -78,17 +82,19 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"])
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--engines", nargs="+", default=["llama.cpp", "transformers"])
     parser.add_argument("--fusion-base", default="smollm2-135m-instruct")
     args = parser.parse_args()
     import torch
 
-    from rag.runtime.llama import default_threads
+    from rag.runtime.llama import threads_for
 
-    torch.set_num_threads(default_threads())
+    threads = threads_for(args.models[0])  # MIGHTY_LLM_THREADS, else the available cores
+    torch.set_num_threads(threads)
     text = prompt_text()
-    rows, result = [], {"threads": default_threads(), "tokens": args.tokens}
+    rows, result = [], {"threads": threads, "tokens": args.tokens}
     for name in args.models:
-        models = engines(name)
+        models = engines(name, args.engines)
         prompt = models["llama.cpp"].encode(text)[:200]
         best: dict[str, dict[str, float]] = {}
         for _ in range(args.rounds):
@@ -100,11 +106,11 @@ def main() -> None:
             rows.append((name, engine, len(prompt), figures))
         result[name] = best
         del models
-    base_model = engines(args.fusion_base)["llama.cpp"]
+    base_model = engines(args.fusion_base, ["llama.cpp"])["llama.cpp"]
     fused = fused_speed(args.fusion_base, base_model.encode(text)[:64], args.tokens, args.rounds)
     result["fusion"] = {"base": args.fusion_base, **fused, "ratio": fused["fused"] / fused["base"]}
     result["load_avg"] = os.getloadavg()[0]
-    print(f"\n{default_threads()} threads, {args.tokens} generated tokens, best of {args.rounds}, "
+    print(f"\n{threads} threads, {args.tokens} generated tokens, best of {args.rounds}, "
           f"load average {result['load_avg']:.1f}")
     print("| model | engine | prompt tokens | prompt tok/s | generation tok/s |\n|---|---|---|---|---|")
     for name, engine, length, figures in rows:
