@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from api import error_handlers
 from api.body_guards import BodyLimit, StrictJsonText
+from api import providers
 from api.metrics import REQUEST_SECONDS, REQUESTS
 from api.origin import OriginGuard, allowed_host_names, split_list
 from api.routers import cards, chat, collections, fusion, ops, retrieval
@@ -21,6 +22,7 @@ from indexes.names import InvalidCollectionName
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
+    providers.install()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -12,6 +12,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/llama.cpp start OpenMP: see rag/runtime
 # Tests never touch the user's ~/.mighty; converted models (ONNX export, SmolLM2 safetensors) are
 # shared by every test and every server subprocess of the session, so each conversion runs once.
 os.environ["MIGHTY_HOME"] = tempfile.mkdtemp(prefix="mighty-test-home-")
