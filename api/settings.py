@@ -29,6 +29,9 @@ class ServiceSettings(BaseSettings):
     context_tokens: int = 3000
     local_context_tokens: int = Field(700, description="smaller budget for the in-process CPU model")
     answer_tokens: int = 256
+    local_answer_tokens: int = Field(128, description="answer limit for the in-process CPU model: one or two "
+                                                      "sentences with citations fit, and every token a small "
+                                                      "model rambles on costs tens of milliseconds")
     default_cards: Literal["auto", "none"] = Field("auto", description="expert cards for requests that do not say")
     card_route_threshold: float = Field(0.35, description="query similarity a card needs to be consulted")
     max_cards: int = Field(2, ge=0, description="cards consulted per request at most")

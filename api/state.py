@@ -57,6 +57,11 @@ class RateLimiter:
             return 0.0
 
 
+def runs_locally(model: str) -> bool:
+    """In-process CPU models, which get smaller context and answer budgets than hosted ones."""
+    return model.startswith(("local/", "fusion:", "fusion/"))
+
+
 class ServiceState:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
@@ -90,8 +95,7 @@ class ServiceState:
             self.retriever(name).search(RetrievalRequest(query="warm up", top_k=1))
 
     def pipeline(self, name: str, model: str) -> AnswerPipeline:
-        local = model.startswith(("local/", "fusion:", "fusion/"))  # in-process CPU models
-        budget = self.settings.local_context_tokens if local else self.settings.context_tokens
+        budget = self.settings.local_context_tokens if runs_locally(model) else self.settings.context_tokens
         return AnswerPipeline(self.retriever(name), budget)
 
     def forget(self, name: str) -> None:

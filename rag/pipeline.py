@@ -81,9 +81,9 @@ class AnswerPipeline:
         prepared.timings["llm"] = _ms(started)
         return completion
 
-    def stream(self, prepared: Prepared) -> Iterator[str]:
+    def stream(self, prepared: Prepared, usage: dict[str, int] | None = None) -> Iterator[str]:
         started = time.perf_counter()
-        yield from llm.stream(prepared.options, prepared.messages)
+        yield from llm.stream(prepared.options, prepared.messages, usage)
         prepared.timings["llm"] = _ms(started)
 
     def finish(self, prepared: Prepared, text: str, completion: llm.Completion | None = None) -> AnswerResponse:
