@@ -81,7 +81,7 @@ def load_qa(path: Path) -> tuple[list[QAItem], list[str]]:
 
 def _item(line: str) -> QAItem:
     try:
-        record = json.loads(line)
+        record = json.loads(line.strip())
     except json.JSONDecodeError as exc:
         raise ValueError(f"malformed JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(record, dict):
@@ -90,8 +90,11 @@ def _item(line: str) -> QAItem:
         if not isinstance(record.get(key), str) or not record[key].strip():
             raise ValueError(f"{key!r} must be a non-empty string")
     answers = record.get("answers")
-    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and normalize(a) for a in answers):
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
         raise ValueError("'answers' must be a non-empty list of non-empty strings")
+    for answer in answers:
+        if not normalize(answer):
+            raise ValueError(f"gold answer {answer!r} is empty once punctuation and articles are removed")
     return QAItem(record["id"], record["question"], list(answers), record["doc"])
 
 

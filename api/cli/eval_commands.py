@@ -79,8 +79,7 @@ def answers(ctx: typer.Context, qa: Path = typer.Argument(..., help="QA JSONL: i
     sink = open(out, "w", encoding="utf-8") if out else None
     try:
         with RichProgress() as progress:
-            model, results = evaluate_answers(state, run, items, progress,
-                                              on_result=(lambda r: sink.write(r.as_json() + "\n")) if sink else None)
+            model, results = evaluate_answers(state, run, items, progress, on_result=_writer(sink))
     except RunRefused as exc:
         raise fail(str(exc)) from None
     finally:
@@ -104,3 +103,14 @@ def _cards(value: str | None):
     if not names:
         raise fail("--cards must be auto, none or card names separated by commas")
     return names
+
+
+def _writer(sink):
+    """Each answer is written as soon as it is scored, so a long run can be followed (and survives ^C)."""
+    if sink is None:
+        return None
+
+    def write(result) -> None:
+        sink.write(result.as_json() + "\n")
+        sink.flush()
+    return write
