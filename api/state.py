@@ -95,8 +95,10 @@ class ServiceState:
             self.retriever(name).search(RetrievalRequest(query="warm up", top_k=1))
 
     def pipeline(self, name: str, model: str) -> AnswerPipeline:
-        budget = self.settings.local_context_tokens if runs_locally(model) else self.settings.context_tokens
-        return AnswerPipeline(self.retriever(name), budget)
+        if runs_locally(model):
+            return AnswerPipeline(self.retriever(name), self.settings.local_context_tokens,
+                                  self.settings.local_min_source_score)
+        return AnswerPipeline(self.retriever(name), self.settings.context_tokens)
 
     def forget(self, name: str) -> None:
         with self._lock:
