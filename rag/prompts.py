@@ -30,8 +30,7 @@ CARD_NOTE = (" Sources with an origin attribute are background knowledge written
 
 ANSWER_PROMPT = ChatPromptTemplate.from_messages([
     ("system", "{system}"),
-    ("human", "Sources:\n{sources}\n\nQuestion: {question}\n"
-              "Answer in one or two sentences, each ending with its source number like [1]."),
+    ("human", "Sources:\n{sources}\n\nQuestion: {question}"),
 ])
 
 _TAG = re.compile(r"<\s*/?\s*source", re.IGNORECASE)
