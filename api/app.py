@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import providers
 from api.metrics import REQUEST_SECONDS, REQUESTS
 from api.routers import cards, chat, collections, fusion, ops, retrieval
 from api.settings import ServiceSettings
@@ -60,6 +61,7 @@ async def _too_large(limit: int, send: Send) -> None:
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
+    providers.install()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -1,9 +1,10 @@
-"""Cards writing background knowledge: k short passages per (query, card version), batched and cached.
+"""Cards writing background knowledge: k short passages per (query, card version), cached.
 
-The k passages come from one batched `generate` call (k sampled sequences share the prompt's
-forward pass). Sampling is seeded from the query and the card version, so the same question gets
-the same knowledge and the cache is a pure speed-up, never a change in behaviour. Loaded card
-models are kept in a small LRU because each one is a full copy of its base with the LoRA merged in.
+The passages come from the card's model on the local runtime (llama.cpp): its LoRA applied at run
+time to the GGUF base, or a full-model card's folder. The k samples share the prompt's KV cache (a
+sample after the first evaluates one token of prompt, not all of it). Sampling is seeded from the
+query and the card version, so the same question gets the same knowledge and the cache is a pure
+speed-up, never a change in behaviour.
 """
 from __future__ import annotations
 
@@ -13,12 +14,11 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-import torch
+from typing import Protocol
 
 from experts.manifest import CardManifest
-from experts.models import LoadedModel, load_adapter, load_full
+from experts.models import runtime_model
+from rag.runtime import LOOP_NGRAM, LocalModel, SamplingOptions
 
 
 class CardLike(Protocol):
@@ -33,21 +33,22 @@ class Written:
     ms: float
 
 
-def load_card_model(card: CardLike) -> LoadedModel:
-    """The card's weights: its LoRA merged into its base, or its full model."""
+def card_model(card: CardLike) -> LocalModel:
+    """The card's model on the runtime: its base with the LoRA applied, or its full model folder.
+
+    Card folders come from the registry's store (or the operator's CLI), never from a client, so a
+    full model's folder may be opened as a path."""
     spec = card.manifest.model
     if spec.adapter:
-        return load_adapter(spec.base, card.path / spec.adapter)
-    return load_full(card.path / (spec.full or ""))
+        return runtime_model(spec.base, adapter=card.path / spec.adapter)
+    return runtime_model(spec.base, full=card.path / (spec.full or ""))
 
 
 class KnowledgeWriter:
-    def __init__(self, max_models: int = 2, cache_size: int = 1024) -> None:
-        self.max_models = max_models
+    def __init__(self, cache_size: int = 1024) -> None:
         self.cache_size = cache_size
-        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._cache: OrderedDict[str, list[str]] = OrderedDict()
-        self._lock = threading.Lock()  # one generation at a time: torch modules are not thread-safe
+        self._lock = threading.Lock()  # one card writes at a time: generations would only fight for cores
 
     def write(self, card: CardLike, query: str) -> Written:
         started = time.perf_counter()
@@ -63,40 +64,17 @@ class KnowledgeWriter:
                 self._cache.popitem(last=False)
         return Written(list(passages), False, _ms(started))
 
-    def _model(self, card: CardLike) -> LoadedModel:
-        ref = card.manifest.ref
-        if ref in self._models:
-            self._models.move_to_end(ref)
-            return self._models[ref]
-        loaded = load_card_model(card)
-        self._models[ref] = loaded
-        while len(self._models) > self.max_models:
-            self._models.popitem(last=False)
-        return loaded
-
     def _generate(self, card: CardLike, query: str, seed: int) -> list[str]:
         settings = card.manifest.generation
-        loaded = self._model(card)
-        tokenizer, model = loaded.tokenizer, loaded.model
-        inputs = _prompt(tokenizer, settings.prompt.replace("{query}", query))
-        k = settings.passages
-        sampling: dict[str, Any] = (
-            {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
-            if settings.temperature > 0 else {"do_sample": False, "num_beams": max(k, 1)})
-        torch.manual_seed(seed)
-        with torch.inference_mode():
-            output = model.generate(**inputs, max_new_tokens=settings.max_new_tokens, num_return_sequences=k,
-                                    no_repeat_ngram_size=4, pad_token_id=tokenizer.pad_token_id, **sampling)
-        prompt_length = inputs["input_ids"].shape[1]
-        texts = [tokenizer.decode(row[prompt_length:], skip_special_tokens=True).strip() for row in output]
+        model = card_model(card)
+        prompt = model.chat_tokens([{"role": "user", "content": settings.prompt.replace("{query}", query)}])
+        samples = settings.passages if settings.temperature > 0 else 1  # greedy writes one passage
+        texts = []
+        for index in range(samples):
+            options = SamplingOptions(max_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                                      top_p=settings.top_p, seed=seed + index, no_repeat_ngram=LOOP_NGRAM)
+            texts.append(model.generate(prompt, options).text.strip())
         return [_whole_sentences(text) for text in dict.fromkeys(texts) if text]
-
-
-def _prompt(tokenizer: Any, instruction: str) -> dict[str, torch.Tensor]:
-    if tokenizer.chat_template:
-        return tokenizer.apply_chat_template([{"role": "user", "content": instruction}], add_generation_prompt=True,
-                                             return_tensors="pt", return_dict=True)
-    return tokenizer(instruction + "\n", return_tensors="pt")
 
 
 def _whole_sentences(text: str) -> str:

@@ -1,8 +1,10 @@
 """Loading causal LMs for cards: a base (registered local name, folder or Hugging Face id) plus a LoRA.
 
-Registered local names (the GGUF models shipped in pip packages) are converted once to safetensors by
-`rag.local_llm`; anything else goes to transformers as is, so any Hugging Face id or local folder
-works where a user has it. Weights are loaded with safetensors only: `use_safetensors=True` makes
+For generation (`runtime_model`) a GGUF base runs on the llama.cpp runtime with the card's LoRA applied
+at run time; a Hugging Face folder or id has no GGUF, so it runs on transformers behind the same
+interface. For training and teacher-forced scoring (`load_base`, `load_adapter`), registered GGUF
+models are converted once to safetensors by `rag.runtime.convert`; anything else goes to
+transformers as is, so any Hugging Face id or local folder works where a user has it. Weights are loaded with safetensors only: `use_safetensors=True` makes
 transformers refuse pickle checkpoints instead of unpickling them.
 """
 from __future__ import annotations
@@ -15,10 +17,12 @@ from typing import Any
 
 import torch
 
-from rag.local_llm import LOCAL_MODELS, LocalModelError, resolve_source
+from rag.runtime import LocalModel, get_model
+from rag.runtime.convert import resolve_source
+from rag.runtime.registry import HUB_IDS, LOCAL_MODELS, LocalModelError, resolve_model
 
 # Hugging Face ids that name a model Mighty ships locally: used when the hub cannot be reached.
-HUB_ALIASES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2-135m-instruct"}
+HUB_ALIASES = dict(HUB_IDS)
 
 
 class ModelLoadError(RuntimeError):
@@ -110,6 +114,35 @@ def load_adapter(base: str, adapter_dir: Path, dtype: torch.dtype = torch.float3
         raise ModelLoadError(f"adapter {adapter_dir} does not load on base {base!r}: {error}") from error
     model.eval()
     return LoadedModel(model, loaded.tokenizer, loaded.source)
+
+
+_HF_RUNTIMES: dict[tuple[str, str], LocalModel] = {}
+_HF_LOCK = threading.Lock()
+
+
+def runtime_model(base: str, adapter: Path | None = None, full: Path | None = None) -> LocalModel:
+    """A model to generate with: a full card's folder, or a base with an optional LoRA card.
+
+    GGUF bases (registered or operator-configured) run on llama.cpp, the LoRA converted to a GGUF
+    adapter once; a base that is a Hugging Face folder or cached id runs on transformers, with the
+    LoRA merged in (kept per process, as each is a full copy of its base)."""
+    if full is not None:
+        return get_model(str(full))
+    try:
+        resolved = resolve_model(base)
+    except LocalModelError:
+        resolved = None
+    if resolved is not None and resolved.kind == "gguf":
+        return get_model(base, adapter=adapter)
+    from rag.runtime.hf import TransformersModel
+
+    key = (base, str(adapter or ""))
+    with _HF_LOCK:
+        if key not in _HF_RUNTIMES:
+            loaded = load_adapter(base, adapter) if adapter is not None else load_base(base)
+            _HF_RUNTIMES[key] = TransformersModel(base, Path(loaded.source), model=loaded.model,
+                                                  tokenizer=loaded.tokenizer)
+        return _HF_RUNTIMES[key]
 
 
 def load_full(model_dir: Path, dtype: torch.dtype = torch.float32) -> LoadedModel:

@@ -7,7 +7,8 @@ has a single code path whether the model is SmolLM2 on this CPU or a hosted fron
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -50,19 +51,34 @@ class LLMError(RuntimeError):
     pass
 
 
+def _register_local() -> None:
+    from rag.litellm_local import register_local_provider
+
+    register_local_provider()
+
+
+# In-process LiteLLM providers by model prefix, registered with LiteLLM on first use. `local/` lives
+# in rag; layers above add theirs at start-up (api adds `fusion/`, which needs experts).
+_PROVIDERS: dict[str, Callable[[], object]] = {"local/": _register_local}
+_PROVIDERS_LOCK = threading.Lock()
+
+
+def add_provider(prefix: str, register: Callable[[], object]) -> None:
+    """Have `register()` run before the first call to a model whose string starts with `prefix`."""
+    with _PROVIDERS_LOCK:
+        _PROVIDERS[prefix] = register
+
+
 def _arguments(options: LLMOptions, messages: list[dict], stream: bool) -> dict:
     import litellm
 
     model = options.model
-    if model.startswith("local/"):
-        from rag.litellm_local import register_local_provider
-
-        register_local_provider()
-    if model.startswith(("fusion:", "fusion/")):  # base + expert cards fused in-process, token by token
-        from rag.litellm_fusion import register_fusion_provider
-
-        register_fusion_provider()
-        model = "fusion/" + model[len("fusion:"):] if model.startswith("fusion:") else model
+    if model.startswith("fusion:"):  # base + expert cards fused in-process, token by token
+        model = "fusion/" + model[len("fusion:"):]
+    with _PROVIDERS_LOCK:
+        register = next((r for prefix, r in _PROVIDERS.items() if model.startswith(prefix)), None)
+    if register is not None:
+        register()
     litellm.suppress_debug_info = True
     litellm.drop_params = True  # providers that lack a parameter ignore it instead of failing
     arguments = {"model": model, "messages": messages, "timeout": options.timeout_s,

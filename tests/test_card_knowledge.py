@@ -158,3 +158,88 @@ def test_stage_turns_supported_knowledge_into_a_cited_card_source(encode, essay_
     (source,) = result.sources()
     assert source.kind == "card" and source.id == "card:essays@1" and source.text
     assert result.report()["considered"][0]["reason"] == "named on the request"
+
+
+def strong_adapter(source: Path, target: Path, factor: float = 20.0) -> Path:
+    """The tiny adapter with B scaled up: its effect must stand well above the engines' own difference."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, target)
+    weights = load_file(str(target / "adapter_model.safetensors"))
+    save_file({k: v * factor if "lora_B" in k else v for k, v in weights.items()},
+              str(target / "adapter_model.safetensors"))
+    return target
+
+
+def adapter_effects(card_model, reference_base, reference_card, texts: list[str]) -> list[dict]:
+    """Per prompt: the adapter's effect on next-token log-probs (card minus base) on the runtime and in
+    transformers, over the 200 tokens transformers' base finds likeliest (the ones sampling can reach)."""
+    import torch
+
+    from rag.runtime import get_model
+
+    base = get_model(card_model.name)
+    rows = []
+    for text in texts:
+        ids = base.encode(text)
+        with base.lock, card_model.lock:
+            base.reset()
+            card_model.reset()
+            rt_base = torch.log_softmax(base.prefill(ids).double(), -1)
+            rt_card = torch.log_softmax(card_model.prefill(ids).double(), -1)
+        with torch.inference_mode():
+            hf_base = torch.log_softmax(reference_base(torch.tensor([ids])).logits[0, -1].double(), -1)
+            hf_card = torch.log_softmax(reference_card(torch.tensor([ids])).logits[0, -1].double(), -1)
+        top = torch.topk(hf_base, 200).indices
+        runtime_effect, hf_effect = (rt_card - rt_base)[top], (hf_card - hf_base)[top]
+        rows.append({"engine_gap": float((rt_base - hf_base)[top].abs().mean()),
+                     "effect": float(hf_effect.abs().mean()),
+                     "effect_gap": float((runtime_effect - hf_effect).abs().mean()),
+                     "cosine": float(torch.nn.functional.cosine_similarity(runtime_effect, hf_effect, dim=0)),
+                     "same_top": int(rt_card.argmax()) == int(hf_card.argmax())})
+    return rows
+
+
+EFFECT_PROMPTS = ["The capital of France is", "Startups fail because", "The best way to learn programming is"]
+
+
+def test_a_cards_lora_on_llama_cpp_has_the_same_effect_as_in_transformers(tiny_adapter, tmp_path, monkeypatch):
+    """Card knowledge writes with the card's model on the runtime: the base GGUF with the peft adapter
+    converted to a GGUF LoRA and applied by llama.cpp. Its effect must equal the same adapter's in
+    transformers (peft on the dequantised GGUF). The two engines differ even without an adapter,
+    because llama.cpp multiplies the Q4_1 weights with activations quantised to 8 bits (Q8_1) and keeps
+    K/V in f16: about 0.1 nat mean absolute difference over the likeliest 200 tokens, measured as
+    `engine_gap`. The adapter moves those log-probs by several times that, and must move them alike."""
+    from peft import PeftModel
+
+    from experts.knowledge import card_model
+    from experts.models import load_base
+    from tests.cards_helpers import write_card
+
+    folder = write_card(tmp_path / "card", strong_adapter(tiny_adapter, tmp_path / "strong"))
+    card = Card(load_manifest(folder), folder)
+    runtime_card = card_model(card)
+    assert runtime_card.backend == "llama.cpp" and runtime_card.adapter.suffix == ".gguf"
+    reference_base = load_base(card.manifest.model.base, fresh=True).model
+    reference_card = PeftModel.from_pretrained(load_base(card.manifest.model.base, fresh=True).model,
+                                               str(folder / "adapter")).eval()
+    rows = adapter_effects(runtime_card, reference_base, reference_card, EFFECT_PROMPTS)
+    for row in rows:
+        assert row["effect"] > 2.5 * row["engine_gap"], row  # the adapter really matters here
+        assert row["cosine"] > 0.9, row  # and moves the same tokens the same way
+        assert row["effect_gap"] < 2.5 * row["engine_gap"], row  # differing only as much as the engines do
+    assert sum(row["same_top"] for row in rows) >= len(rows) - 1
+
+    # the check can fail: llama-architecture GGUFs permute q/k rows for rotary embeddings, and an adapter
+    # converted without permuting its q_proj B moves other tokens than transformers does
+    import rag.runtime.lora as lora
+
+    monkeypatch.setattr(lora, "_PERMUTED_ARCHS", set())
+    monkeypatch.setattr(lora, "_FORMAT", -1)  # another cache key: a fresh, unpermuted conversion
+    from rag.runtime import load_model
+
+    wrong = load_model(card.manifest.model.base, adapter=folder / "adapter")
+    wrong_rows = adapter_effects(wrong, reference_base, reference_card, EFFECT_PROMPTS)
+    assert min(r["cosine"] for r in wrong_rows) < min(r["cosine"] for r in rows) - 0.1

@@ -8,7 +8,7 @@ import torch
 
 from experts.fusion.combine import FusionParams, Gate, entropy, features, fuse, mixture
 from experts.fusion.fit import fit_entropy, fit_learned, fit_mixture, table_nll
-from experts.fusion.sampling import SamplingOptions, choose, penalise_repeats, top_k_filter, top_p_filter
+from rag.runtime.sampling import SamplingOptions, choose, penalise_repeats, top_k_filter, top_p_filter
 from experts.fusion.scoring import PRODUCT_GRID, PROXY_GRID, TokenTable
 from experts.fusion.spec import FusionSpecError, parse_fusion_model
 

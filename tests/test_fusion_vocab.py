@@ -8,7 +8,7 @@ from experts.fusion.cards import resolve_card
 from experts.fusion.combine import FusionParams
 from experts.fusion.decoder import FusedDecoder
 from experts.fusion.fused import FusedModel, tokenizer_of
-from experts.fusion.sampling import SamplingOptions
+from rag.runtime.sampling import SamplingOptions
 from experts.fusion.vocab import VocabularyMismatch, plan_vocabulary
 from tests.fusion_helpers import BASE, write_manifest
 
@@ -78,9 +78,10 @@ def test_an_expert_with_extra_tokens_is_fused_on_the_shared_prefix(extended):
     with torch.inference_mode():
         alone = expert(torch.tensor([prompt])).logits[0, -1]
         assert int(alone.argmax()) >= 49152  # on its own the expert would emit an extra token
-        logprobs, _, _ = model.prefill(torch.tensor([prompt]), torch.ones(1, len(prompt), dtype=torch.long))
+    with model.session() as session:
+        logprobs, _ = session.start(prompt)
     # the fused distribution is the expert's, renormalised over the shared ids
-    assert torch.allclose(logprobs[1, 0], torch.log_softmax(alone[:49152], -1), atol=1e-5)
+    assert torch.allclose(logprobs[1], torch.log_softmax(alone[:49152], -1), atol=1e-5)
     generated = decoder.generate([prompt], SamplingOptions(max_tokens=6))[0].token_ids
     assert len(generated) == 6 and max(generated) < 49152
 

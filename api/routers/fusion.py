@@ -7,21 +7,20 @@ generation after the current token.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
-import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from api import openai_chat as envelopes
 from api.dependencies import get_principal, get_state
 from api.keys import Principal
 from api.schemas import ChatRequest
 from api.state import ServiceState
-from rag.local_llm import LOOP_NGRAM, GenerationTimeout
+from rag.runtime import LOOP_NGRAM, GenerationTimeout
+from rag.runtime.decode import Deadline
 
 router = APIRouter(prefix="/v1/fusion", tags=["fusion"])
 MAX_PROMPTS = 16
@@ -60,7 +59,7 @@ class FusionGenerateRequest(BaseModel):
         return self
 
     def sampling(self):
-        from experts.fusion.sampling import SamplingOptions
+        from rag.runtime.sampling import SamplingOptions
 
         return SamplingOptions(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
                                top_k=self.top_k, repetition_penalty=self.repetition_penalty,
@@ -112,7 +111,7 @@ async def generate(body: FusionGenerateRequest, state: ServiceState = Depends(ge
                "parameters": describe(decoder.params), "vocabulary": decoder.model.vocab.describe()}
     timeout = state.settings.llm_timeout_s
     if body.stream:
-        return _sse(_generate_events(decoder, prompts, options, summary, timeout))
+        return envelopes.sse(_generate_events(decoder, prompts, options, summary, timeout))
     cancel = threading.Event()
     try:
         results = await asyncio.wait_for(run_in_threadpool(decoder.generate, prompts, options, cancel), timeout)
@@ -147,32 +146,24 @@ def _outcome(results, decoder) -> dict:
 
 
 async def _generate_events(decoder, prompts, options, summary: dict, timeout: float):
-    from experts.fusion.service import _Deadline
-
     cancel = threading.Event()
-    deadline = _Deadline(cancel, timeout)
+    deadline = Deadline(cancel, timeout)
     results: list = []
     try:
-        yield _event(summary)
+        yield envelopes.event(summary)
         async for index, delta in iterate_in_threadpool(decoder.stream(prompts, options, results, cancel)):
-            yield _event({"index": index, "delta": delta})
+            yield envelopes.event({"index": index, "delta": delta})
         deadline.close(summary["model"], timeout)
-        yield _event(_outcome(results, decoder))
-        yield "data: [DONE]\n\n"
+        yield envelopes.event(_outcome(results, decoder))
+        yield envelopes.DONE
     except GenerationTimeout as error:
-        yield _event({"error": {"stage": "llm", "message": str(error)}})
+        yield envelopes.error_event("llm", str(error))
     except ValueError as error:
-        yield _event({"error": {"stage": "request", "message": str(error)}})
+        yield envelopes.error_event("request", str(error))
     finally:
         cancel.set()
 
 
-def _event(payload: dict) -> str:
-    return f"data: {json.dumps(payload)}\n\n"
-
-
-def _sse(events) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 async def chat_completion(body: ChatRequest, state: ServiceState, completion_id: str):
@@ -182,7 +173,7 @@ async def chat_completion(body: ChatRequest, state: ServiceState, completion_id:
     extensions may be sent as extra body fields: fusion_method, fusion_weights, fusion_alpha,
     repetition_penalty, no_repeat_ngram.
     """
-    from experts.fusion.sampling import SamplingOptions
+    from rag.runtime.sampling import SamplingOptions
     from experts.fusion.service import chat_generation, chat_stream, decoder_for_model
 
     extra = body.model_extra or {}
@@ -200,22 +191,18 @@ async def chat_completion(body: ChatRequest, state: ServiceState, completion_id:
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     timeout = state.settings.llm_timeout_s
     if body.stream:
-        return _sse(_chat_chunks(completion_id, body.model, decoder, messages, options, timeout, chat_stream))
+        return envelopes.sse(_chat_chunks(completion_id, body.model, decoder, messages, options, timeout, chat_stream))
     try:
         result = await run_in_threadpool(chat_generation, decoder, messages, options, timeout)
     except GenerationTimeout as error:
         raise _timeout_error(error) from None
-    usage = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-             "total_tokens": result.prompt_tokens + result.completion_tokens}
-    return {"id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": body.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                         "finish_reason": result.finish_reason}], "usage": usage}
+    return envelopes.completion(completion_id, body.model, result.text,
+                                envelopes.usage(result.prompt_tokens, result.completion_tokens), result.finish_reason)
 
 
 async def _chat_chunks(completion_id: str, model: str, decoder, messages, options, timeout: float, chat_stream):
     def chunk(delta: dict, finish: str | None = None, **extra) -> str:
-        return _event({"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()),
-                       "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})
+        return envelopes.chunk(completion_id, model, delta, finish, **extra)
 
     cancel = threading.Event()
     results: list = []
@@ -224,11 +211,9 @@ async def _chat_chunks(completion_id: str, model: str, decoder, messages, option
         async for delta in iterate_in_threadpool(chat_stream(decoder, messages, options, timeout, cancel, results)):
             yield chunk({"content": delta})
         final = results[0]
-        usage = {"prompt_tokens": final.prompt_tokens, "completion_tokens": final.completion_tokens,
-                 "total_tokens": final.prompt_tokens + final.completion_tokens}
-        yield chunk({}, final.finish_reason, usage=usage)
-        yield "data: [DONE]\n\n"
+        yield chunk({}, final.finish_reason, usage=envelopes.usage(final.prompt_tokens, final.completion_tokens))
+        yield envelopes.DONE
     except GenerationTimeout as error:
-        yield _event({"error": {"stage": "llm", "message": str(error)}})
+        yield envelopes.error_event("llm", str(error))
     finally:
         cancel.set()

@@ -20,10 +20,10 @@ from experts.fusion.corpus import EvalSplit, split_corpus
 from experts.fusion.decoder import FusedDecoder
 from experts.fusion.fit import FitReport, fit_all, table_nll
 from experts.fusion.fused import FusedModel
-from experts.fusion.sampling import SamplingOptions
 from experts.fusion.scoring import TokenTable, score
 from experts.manifest import FusionSettings
-from experts.models import load_base
+from experts.models import runtime_model
+from rag.runtime.sampling import SamplingOptions
 
 SPEED_PROMPT_TOKENS = 64
 
@@ -143,17 +143,14 @@ def decode_stats(decoder: FusedDecoder, prompt: list[int], tokens: int):
 
 
 def base_tokens_per_s(base: str, prompt: list[int], tokens: int) -> float:
-    """The plain base model's greedy decoding speed with transformers' own generate (prefill excluded)."""
-    model = load_base(base).model
-    ids = torch.tensor([prompt])
-    mask = torch.ones_like(ids)
-    common = {"do_sample": False, "top_k": None, "top_p": None, "temperature": None}
-    with torch.inference_mode():
-        model.generate(ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4, **common)
+    """The plain base model's greedy decoding speed on the runtime (prefill excluded): the yardstick
+    for fused decoding, which runs the same models through the same runtime."""
+    model = runtime_model(base)
+    with model.lock:
+        model.reset()
+        logits = model.prefill(prompt)
         started = time.perf_counter()
-        model.generate(ids, attention_mask=mask, max_new_tokens=1, min_new_tokens=1, **common)
-        prefill = time.perf_counter() - started
-        started = time.perf_counter()
-        model.generate(ids, attention_mask=mask, max_new_tokens=tokens, min_new_tokens=tokens, **common)
-        elapsed = time.perf_counter() - started - prefill
+        for _ in range(tokens - 1):
+            logits = model.step(int(logits.argmax()))
+        elapsed = time.perf_counter() - started
     return (tokens - 1) / max(elapsed, 1e-9)

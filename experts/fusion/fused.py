@@ -1,36 +1,42 @@
-"""A fused model: a base and expert cards set up to give per-model log-probs over a shared vocabulary.
+"""A fused model: a base and expert cards giving per-model log-probs over a shared vocabulary.
 
 Setting one up checks vocabularies first (tokenizers only, so another model family is refused
-before any weights load), then groups the models into engines: LoRA cards on the fused base become
-rows of one batched pass with it, anything else (a card on another base, a full-model card, an
-anti-expert that is not the base) runs as its own model. Anti-experts for proxy-tuning are each
-card's own base; when that is the fused base (the usual case) it is the base's row, at no cost.
+before any weights load), then gets each model from the local runtime: the base GGUF on llama.cpp,
+each LoRA card as the same GGUF with its adapter applied at run time (memory-mapped weights are
+shared, each has its own KV cache), a full-model card on transformers. Anti-experts for
+proxy-tuning are each card's own base; when that is the fused base (the usual case) it is the
+base's role, at no cost.
+
+Each decoding step evaluates the models side by side in threads (llama.cpp releases the GIL), each
+given its share of the cores: small models on a CPU are bound by reading weights, so two contexts
+of one thread each finish a step sooner than the same two one after the other with two threads.
 """
 from __future__ import annotations
 
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from experts.fusion.cards import CardRef
 from experts.fusion.combine import FusionParams, Gate, default_weights
-from experts.fusion.engines import Engine, EngineState, LoraRowsEngine, PlainEngine
 from experts.fusion.vocab import VocabPlan, plan_vocabulary
-from experts.models import HUB_ALIASES, load_adapter, load_base, load_full, load_tokenizer, resolve_base
+from experts.models import HUB_ALIASES, load_tokenizer, resolve_base, runtime_model
+from rag.runtime import LocalModel, LocalModelError, resolve_model
 
 DEFAULT_METHOD = "mixture"
 
 
 @dataclass(frozen=True)
 class Role:
-    engine: int
-    row: int
     label: str
+    model: LocalModel
 
 
 _TOKENIZERS: dict[str, Any] = {}
@@ -41,7 +47,8 @@ def tokenizer_of(model: str, folder: Path | None = None) -> Any:
     """A model's tokenizer without loading (or converting) its weights; cached per process."""
     from transformers import AutoTokenizer
 
-    from rag.local_llm import LOCAL_MODELS, local_tokenizer_source
+    from rag.runtime.convert import local_tokenizer_source
+    from rag.runtime.registry import LOCAL_MODELS
 
     key = str(folder) if folder is not None else model
     with _TOKENIZERS_LOCK:
@@ -60,29 +67,35 @@ def tokenizer_of(model: str, folder: Path | None = None) -> Any:
 
 
 def _same_model(a: str, b: str) -> bool:
-    return a == b or HUB_ALIASES.get(a, a) == HUB_ALIASES.get(b, b) or resolve_base(a)[0] == resolve_base(b)[0]
+    """Whether two base references name the same weights (without loading or converting anything)."""
+    a, b = HUB_ALIASES.get(a, a), HUB_ALIASES.get(b, b)
+    if a == b:
+        return True
+    try:
+        return resolve_model(a).path.resolve() == resolve_model(b).path.resolve()
+    except LocalModelError:
+        return resolve_base(a)[0] == resolve_base(b)[0]
 
 
 class FusedModel:
-    """Base + cards, loaded once and shared; generations on it are serialised by `lock`."""
+    """Base + cards on the runtime; a generation holds every model's lock, so runs are serialised."""
 
-    def __init__(self, base: str, cards: list[CardRef], shared: bool = True, allow_truncation: bool = True) -> None:
-        self.base, self.cards, self.shared = base, list(cards), shared
+    def __init__(self, base: str, cards: list[CardRef], allow_truncation: bool = True) -> None:
+        self.base, self.cards = base, list(cards)
         self.tokenizer = tokenizer_of(base)
         others = [(f"{card.label} (on {card.base})", tokenizer_of(card.base, card.full)) for card in cards]
         self.vocab: VocabPlan = plan_vocabulary((base, self.tokenizer), others, allow_truncation)
-        self.engines: list[Engine] = []
-        self.roles: list[Role] = self._load_roles()
+        self.runtime = runtime_model(base)
+        self.roles: list[Role] = [Role(base, self.runtime)] + [
+            Role(card.label, runtime_model(card.base, card.adapter, card.full)) for card in cards]
         self._anti: list[Role] | None = None
-        widths = {engine.label: engine.width() for engine in self.engines}
-        narrow = {label: width for label, width in widths.items() if width < self.vocab.size}
+        narrow = {role.label: role.model.vocab_size for role in self.roles if role.model.vocab_size < self.vocab.size}
         if narrow:
             raise ValueError(f"models {narrow} output fewer logits than the {self.vocab.size}-token vocabulary")
-        generation_eos = getattr(self._model(0).generation_config, "eos_token_id", None)
-        self.eos_ids = {i for i in _as_list(generation_eos) + _as_list(self.tokenizer.eos_token_id)
-                        if i < self.vocab.size}
+        self.eos_ids = frozenset(i for i in self.runtime.eos_ids if i < self.vocab.size)
         self.lock = threading.Lock()
-        self.forward_s = 0.0  # time inside the engines' decoding steps, so callers can tell fusion's own cost
+        self.forward_s = 0.0  # time inside the models' decoding steps, so callers can tell fusion's own cost
+        self._pool: ThreadPoolExecutor | None = None
 
     def describe(self) -> str:
         return "+".join([self.base, *[card.label for card in self.cards]])
@@ -91,84 +104,63 @@ class FusedModel:
     def labels(self) -> list[str]:
         return [role.label for role in self.roles]
 
-    def _model(self, engine: int) -> Any:
-        model = self.engines[engine].model
-        return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-    def _load_roles(self) -> list[Role]:
-        rows = [card for card in self.cards if self.shared and card.adapter is not None
-                and _same_model(card.base, self.base)]
-        if rows:
-            self.engines.append(LoraRowsEngine(self.base, [(card.label, card.adapter) for card in rows]))
-        else:
-            self.engines.append(PlainEngine(self.base, load_base(self.base).model))
-        roles = [Role(0, 0, self.base)]
-        for card in self.cards:
-            if any(card is row for row in rows):
-                roles.append(Role(0, next(i for i, r in enumerate(rows) if r is card) + 1, card.label))
-                continue
-            loaded = load_full(card.full) if card.full is not None else load_adapter(card.base, card.adapter)
-            self.engines.append(PlainEngine(card.label, loaded.model))
-            roles.append(Role(len(self.engines) - 1, 0, card.label))
-        return roles
-
     def anti_roles(self) -> list[Role]:
         """Each card's untuned base (proxy-tuning's anti-expert), loaded on first use."""
         if self._anti is None:
-            anti, by_base = [], {}
+            anti = []
             for card in self.cards:
                 if _same_model(card.base, self.base):
                     anti.append(self.roles[0])
                     continue
-                if card.base not in by_base:
-                    plan = plan_vocabulary((self.base, self.tokenizer), [(card.base, tokenizer_of(card.base))])
-                    if plan.size < self.vocab.size:
-                        raise ValueError(f"anti-expert {card.base!r} has a smaller vocabulary ({plan.size}) than "
-                                         f"the fusion ({self.vocab.size}); proxy fusion cannot use it")
-                    self.engines.append(PlainEngine(card.base, load_base(card.base).model))
-                    by_base[card.base] = Role(len(self.engines) - 1, 0, card.base)
-                anti.append(by_base[card.base])
+                plan = plan_vocabulary((self.base, self.tokenizer), [(card.base, tokenizer_of(card.base))])
+                if plan.size < self.vocab.size:
+                    raise ValueError(f"anti-expert {card.base!r} has a smaller vocabulary ({plan.size}) than "
+                                     f"the fusion ({self.vocab.size}); proxy fusion cannot use it")
+                anti.append(Role(card.base, runtime_model(card.base)))
             self._anti = anti
         return self._anti
 
-    def _logprobs(self, per_engine: list[torch.Tensor | None], roles: list[Role]) -> torch.Tensor:
-        picked = [per_engine[role.engine][role.row][..., :self.vocab.size] for role in roles]
+    def _models(self, anti: bool) -> list[LocalModel]:
+        """Distinct models to evaluate (a model serving several roles runs once)."""
+        roles = self.roles + (self.anti_roles() if anti else [])
+        return list({id(role.model): role.model for role in roles}.values())
+
+    @contextmanager
+    def session(self, anti: bool = False) -> Iterator["FusedSession"]:
+        """Exclusive use of every model for one sequence; their threads split the cores meanwhile."""
+        models = self._models(anti)
+        with self.lock, ExitStack() as stack:
+            for model in sorted(models, key=id):  # one global order: no deadlock with other users
+                stack.enter_context(model.lock)
+            share = max(1, max(m.threads for m in models) // len(models))
+            previous = [m.threads for m in models]
+            for model in models:
+                model.set_threads(share)
+            if len(models) > 1 and self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fused-step")
+            try:
+                yield FusedSession(self, models, anti)
+            finally:
+                for model, threads in zip(models, previous):
+                    model.set_threads(threads)
+
+    def _logprobs(self, logits: dict[int, torch.Tensor], roles: list[Role]) -> torch.Tensor:
+        picked = [logits[id(role.model)][..., :self.vocab.size] for role in roles]
         return torch.log_softmax(torch.stack(picked).float(), dim=-1)
 
-    def _engines_for(self, anti: bool) -> list[int]:
-        used = {role.engine for role in self.roles}
-        if anti:
-            used |= {role.engine for role in self.anti_roles()}
-        return sorted(used)
-
-    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, anti: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor | None, dict[int, EngineState]]:
-        """Log-probs [M, B, V] of base + experts (and anti-experts [n, B, V]) after left-padded prompts."""
-        logits: list[torch.Tensor | None] = [None] * len(self.engines)
-        states: dict[int, EngineState] = {}
-        for index in self._engines_for(anti):
-            logits[index], states[index] = self.engines[index].prefill(ids, mask)
-        return self._split(logits, anti) + (states,)
-
-    def step(self, states: dict[int, EngineState], tokens: torch.Tensor, anti: bool = False
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        logits: list[torch.Tensor | None] = [None] * len(self.engines)
-        started = time.perf_counter()
-        for index, state in states.items():
-            logits[index] = self.engines[index].step(state, tokens)
-        self.forward_s += time.perf_counter() - started
-        return self._split(logits, anti)
-
-    def score(self, ids: torch.Tensor, mask: torch.Tensor, anti: bool = False
-              ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Teacher-forced log-probs [M, B, L, V] (and anti-experts') for every position."""
-        logits: list[torch.Tensor | None] = [None] * len(self.engines)
-        for index in self._engines_for(anti):
-            logits[index] = self.engines[index].score(ids, mask)
-        return self._split(logits, anti)
-
-    def _split(self, logits: list[torch.Tensor | None], anti: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _split(self, logits: dict[int, torch.Tensor], anti: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self._logprobs(logits, self.roles), self._logprobs(logits, self.anti_roles()) if anti else None
+
+    def _each(self, models: list[LocalModel], call: Any) -> dict[int, torch.Tensor]:
+        if len(models) == 1 or self._pool is None:
+            return {id(m): call(m) for m in models}
+        futures = {id(m): self._pool.submit(call, m) for m in models}
+        return {key: future.result() for key, future in futures.items()}
+
+    def score(self, tokens: list[int], anti: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Teacher-forced log-probs [M, L, V] (and anti-experts' [n, L, V]) at every position of one text."""
+        with self.session(anti) as session:
+            return self._split(self._each(session.models, lambda m: m.score(tokens)), anti)
 
     def params(self, method: str | None = None, weights: list[float] | None = None, alpha: float | None = None,
                temperature: float | None = None) -> FusionParams:
@@ -206,23 +198,36 @@ class FusedModel:
         return None
 
 
-def _as_list(value: int | list[int] | None) -> list[int]:
-    return [] if value is None else [value] if isinstance(value, int) else list(value)
+class FusedSession:
+    """One sequence through every model: `start` after the prompt, `advance` per chosen token."""
+
+    def __init__(self, fused: FusedModel, models: list[LocalModel], anti: bool) -> None:
+        self.fused, self.models, self.anti = fused, models, anti
+
+    def start(self, prompt: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probs [M, V] of base + experts (and anti-experts [n, V]) after the prompt."""
+        return self.fused._split(self.fused._each(self.models, lambda m: m.prefill(prompt)), self.anti)
+
+    def advance(self, token: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        started = time.perf_counter()
+        logits = self.fused._each(self.models, lambda m: m.step(token))
+        self.fused.forward_s += time.perf_counter() - started
+        return self.fused._split(logits, self.anti)
 
 
 _FUSED: OrderedDict[tuple, FusedModel] = OrderedDict()
 _FUSED_LOCK = threading.Lock()
-KEEP_FUSED = 3  # fused models kept loaded per process (each holds its own copy of the base)
+KEEP_FUSED = 3  # fused models kept per process (their models live in the runtime's cache)
 
 
-def get_fused_model(base: str, cards: list[CardRef], shared: bool = True) -> FusedModel:
+def get_fused_model(base: str, cards: list[CardRef]) -> FusedModel:
     """The process-wide fused model for these cards (by folder and version), loaded on first use."""
-    key = (base, tuple((str(card.folder), card.manifest.version) for card in cards), shared)
+    key = (base, tuple((str(card.folder), card.manifest.version) for card in cards))
     with _FUSED_LOCK:
         if key in _FUSED:
             _FUSED.move_to_end(key)
             return _FUSED[key]
-        model = FusedModel(base, cards, shared)
+        model = FusedModel(base, cards)
         _FUSED[key] = model
         while len(_FUSED) > KEEP_FUSED:
             _FUSED.popitem(last=False)

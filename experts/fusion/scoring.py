@@ -54,7 +54,7 @@ def windows(model: FusedModel, texts: list[str], length: int, max_tokens: int | 
     return out
 
 
-def score(model: FusedModel, texts: list[str], length: int = 256, batch: int = 2, max_tokens: int | None = None,
+def score(model: FusedModel, texts: list[str], length: int = 256, batch: int = 1, max_tokens: int | None = None,
           advance: Callable[[int], None] | None = None) -> TokenTable:
     """Score texts with every model at once; `advance(n)` is told as n more tokens are done."""
     import time
@@ -63,14 +63,13 @@ def score(model: FusedModel, texts: list[str], length: int = 256, batch: int = 2
     chunks = windows(model, texts, length, max_tokens)
     experts = len(model.cards)
     parts: dict[str, list[torch.Tensor]] = {"target": [], "features": [], "product": [], "proxy": []}
-    pad = model.tokenizer.pad_token_id or 0
-    with model.lock, torch.inference_mode():
-        for first in range(0, len(chunks), batch):
-            group = chunks[first:first + batch]
-            width = max(len(c) for c in group)
-            ids = torch.tensor([c + [pad] * (width - len(c)) for c in group])
-            mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in group])
-            logprobs, anti = model.score(ids, mask, anti=experts > 0)
+    for first in range(0, len(chunks), batch):  # windows run one at a time (one KV cache per model)
+        for chunk in chunks[first:first + batch]:
+            ids = torch.tensor([chunk])
+            mask = torch.ones_like(ids)
+            logprobs, anti = model.score(chunk, anti=experts > 0)
+            logprobs = logprobs.unsqueeze(1)
+            anti = anti.unsqueeze(1) if anti is not None else None
             valid = mask[:, 1:].bool()  # position t predicts token t + 1
             targets = ids[:, 1:].unsqueeze(-1)
             lp = logprobs[:, :, :-1]

@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from experts.fusion.cards import CardNotFound, CardRef, resolve_card
 from experts.fusion.decoder import FusedDecoder, Generation
 from experts.fusion.fused import get_fused_model
-from experts.fusion.sampling import SamplingOptions
+from rag.runtime.sampling import SamplingOptions
 from experts.fusion.spec import FusionSpecError, parse_fusion_model
 from experts.fusion.vocab import VocabularyMismatch
 from experts.manifest import ManifestError
 from experts.models import ModelLoadError
-from rag.local_llm import GenerationTimeout, LocalModelError
+from rag.runtime import LocalModelError
+from rag.runtime.decode import Deadline
 
 
 class FusionError(ValueError):
@@ -45,9 +46,7 @@ def load_decoder(base: str | None, cards: list[CardRef], method: str | None = No
     """A decoder for base + cards with the requested rule (default: the cards' fitted rule, else mixture)."""
     base = base or cards[0].base
     try:
-        # serving decodes one token at a time: separate merged copies measured 0.50-0.54x the base's
-        # tokens/s on 2 cores, LoRA-as-rows 0.41-0.45x (benchmarks/fusion.py), so serving uses copies
-        model = get_fused_model(base, cards, shared=False)
+        model = get_fused_model(base, cards)
         return FusedDecoder(model, model.params(method, weights, alpha, temperature))
     except VocabularyMismatch as error:
         raise FusionError(str(error), 422) from None
@@ -67,32 +66,11 @@ def decoder_for_model(model: str, method: str | None = None, weights: list[float
     return load_decoder(spec.base, resolve_cards(spec.cards), method, weights, alpha, temperature)
 
 
-class _Deadline:
-    """Cancels a generation when its time is up, and remembers that it did."""
-
-    def __init__(self, cancel: threading.Event, timeout: float | None) -> None:
-        self.cancel, self.expired = cancel, False
-        self._timer = threading.Timer(timeout, self._expire) if timeout else None
-        if self._timer is not None:
-            self._timer.daemon = True
-            self._timer.start()
-
-    def _expire(self) -> None:
-        self.expired = True
-        self.cancel.set()
-
-    def close(self, what: str, timeout: float | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self.expired:
-            raise GenerationTimeout(f"fused model {what} did not finish within {timeout:g}s")
-
-
 def chat_generation(decoder: FusedDecoder, messages: list[dict], options: SamplingOptions,
                     timeout: float | None = None, cancel: threading.Event | None = None) -> Generation:
     """Complete one chat; GenerationTimeout (like the local models') when `timeout` seconds pass."""
     cancel = cancel or threading.Event()
-    deadline = _Deadline(cancel, timeout)
+    deadline = Deadline(cancel, timeout)
     try:
         result = decoder.generate([decoder.encode_chat(messages)], options, cancel=cancel)[0]
     finally:
@@ -105,7 +83,7 @@ def chat_stream(decoder: FusedDecoder, messages: list[dict], options: SamplingOp
                 results: list[Generation] | None = None) -> Iterator[str]:
     """Text deltas of one chat completion; their concatenation is chat_generation's text."""
     cancel = cancel or threading.Event()
-    deadline = _Deadline(cancel, timeout)
+    deadline = Deadline(cancel, timeout)
     try:
         for _, delta in decoder.stream([decoder.encode_chat(messages)], options, results, cancel):
             yield delta

@@ -1,12 +1,16 @@
-"""Choosing the next token from fused log-probs: penalties, temperature, top-k, top-p, greedy.
+"""Choosing the next token from next-token scores: penalties, n-gram ban, temperature, top-k, top-p, greedy.
 
-Fusion produces a distribution the models never saw individually, so sampling cannot be left to
-`model.generate`; these are the usual controls applied, in transformers' order, to [B, V] scores.
+Every local generation (one model's logits, a LoRA card's, or a fusion's log-probs) picks its
+tokens here, so sampling behaves the same on every path; these are the usual controls applied, in
+transformers' order, to [B, V] scores.
 """
 from __future__ import annotations
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+LOOP_NGRAM = 4  # chat generation bans repeating a generated 4-gram: small models loop under greedy decoding
 
 
 class SamplingOptions(BaseModel):

