@@ -28,7 +28,7 @@ class ServiceSettings(BaseSettings):
     llm_retries: int = 1
     context_tokens: int = 3000
     local_context_tokens: int = Field(700, description="smaller budget for the in-process CPU model")
-    local_min_source_score: float = Field(0.0, ge=0, le=1, description="in-process CPU model: leave out sources "
+    local_min_source_score: float = Field(0.8, ge=0, le=1, description="in-process CPU model: leave out sources "
                                                                        "scoring below this share of the best one")
     answer_tokens: int = 256
     local_answer_tokens: int = Field(128, description="answer limit for the in-process CPU model: one or two "
