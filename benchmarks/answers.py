@@ -175,7 +175,11 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=5)
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
-    chosen = [row for row in ROWS if not args.rows or row.name in args.rows]
+    by_name = {row.name: row for row in ROWS}
+    unknown = [name for name in args.rows or [] if name not in by_name]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; known: {', '.join(by_name)}")
+    chosen = [by_name[name] for name in args.rows] if args.rows else ROWS
     # converted and assembled models are kept between runs, not rebuilt in every temporary home
     os.environ.setdefault("MIGHTY_MODEL_CACHE", str(Path.home() / ".mighty" / "models"))
     results = []
