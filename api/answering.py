@@ -12,7 +12,7 @@ from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 from api import card_knowledge
 from api.keys import Principal
 from api.metrics import STAGE_SECONDS
-from api.state import ServiceState
+from api.state import ServiceState, runs_locally
 from indexes.collection import CollectionNotFound
 from rag import llm
 from rag.pipeline import AnswerPipeline, AnswerResponse, Prepared
@@ -33,11 +33,13 @@ def llm_options(state: ServiceState, collection: str | None, model: str | None, 
     if collection:  # request settings win over the collection's, which win over the server's
         config = state.collection(collection).config
         default, default_fallbacks, default_timeout = config.default_llm, config.llm_fallbacks, config.llm_timeout_s
-    options = llm.LLMOptions(model=model or default or state.settings.default_llm, api_base=api_base,
-                             api_key=api_key, fallbacks=fallbacks or default_fallbacks,
+    model = model or default or state.settings.default_llm
+    answer_tokens = state.settings.local_answer_tokens if runs_locally(model) else state.settings.answer_tokens
+    options = llm.LLMOptions(model=model, api_base=api_base, api_key=api_key,
+                             fallbacks=fallbacks or default_fallbacks,
                              timeout_s=timeout_s or default_timeout or state.settings.llm_timeout_s,
-                             retries=state.settings.llm_retries,
-                             max_tokens=max_tokens or state.settings.answer_tokens, temperature=temperature)
+                             retries=state.settings.llm_retries, max_tokens=max_tokens or answer_tokens,
+                             temperature=temperature)
     try:
         for name in (options.model, *options.fallbacks):
             llm.check_model(name, options.api_base)

@@ -7,7 +7,9 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-LOCAL_LLM = "local/smollm2-135m-instruct"
+# The default answer model, chosen by measurement (benchmarks/RESULTS.md, answer quality): the most
+# accurate local model near 10 s p50 on 2 cores. SmolLM2-135M stays the fast model of the tests.
+LOCAL_LLM = "local/qwen2.5-coder-0.5b-instruct"
 
 
 class ServiceSettings(BaseSettings):
@@ -32,7 +34,12 @@ class ServiceSettings(BaseSettings):
     llm_retries: int = 1
     context_tokens: int = 3000
     local_context_tokens: int = Field(700, description="smaller budget for the in-process CPU model")
+    local_min_source_score: float = Field(0.8, ge=0, le=1, description="in-process CPU model: leave out sources "
+                                                                       "scoring below this share of the best one")
     answer_tokens: int = 256
+    local_answer_tokens: int = Field(128, description="answer limit for the in-process CPU model: one or two "
+                                                      "sentences with citations fit, and every token a small "
+                                                      "model rambles on costs tens of milliseconds")
     default_cards: Literal["auto", "none"] = Field("auto", description="expert cards for requests that do not say")
     card_route_threshold: float = Field(0.35, description="query similarity a card needs to be consulted")
     max_cards: int = Field(2, ge=0, description="cards consulted per request at most")

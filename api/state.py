@@ -61,6 +61,11 @@ class RateLimiter:
             return 0.0
 
 
+def runs_locally(model: str) -> bool:
+    """In-process CPU models, which get smaller context and answer budgets than hosted ones."""
+    return model.startswith(("local/", "fusion:", "fusion/"))
+
+
 class ServiceState:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
@@ -104,9 +109,10 @@ class ServiceState:
                 log.error("collection %r is unavailable: %s", name, self.unhealthy[name], exc_info=not known)
 
     def pipeline(self, name: str, model: str) -> AnswerPipeline:
-        local = model.startswith(("local/", "fusion:", "fusion/"))  # in-process CPU models
-        budget = self.settings.local_context_tokens if local else self.settings.context_tokens
-        return AnswerPipeline(self.retriever(name), budget)
+        if runs_locally(model):
+            return AnswerPipeline(self.retriever(name), self.settings.local_context_tokens,
+                                  self.settings.local_min_source_score)
+        return AnswerPipeline(self.retriever(name), self.settings.context_tokens)
 
     def forget(self, name: str) -> None:
         with self._lock:

@@ -49,11 +49,21 @@ def _union(source: Source, hit: Hit) -> Source:
     return replace(source, text=text, span=(first_span[0], second_span[1]), score=max(source.score, hit.score))
 
 
-def assemble(hits: Sequence[Hit], budget_tokens: int, count_tokens: Callable[[str], int]) -> list[Source]:
-    """Sources in relevance order, numbered from 1, that together fit in `budget_tokens`."""
+def assemble(hits: Sequence[Hit], budget_tokens: int, count_tokens: Callable[[str], int],
+             min_relative_score: float = 0.0) -> list[Source]:
+    """Sources in relevance order, numbered from 1, that together fit in `budget_tokens`.
+
+    A source scoring below `min_relative_score` times the best one is left out even when it would
+    fit: a small model reads every source it is given, and a weak one costs prompt time and tempts it
+    to answer from the wrong passage.
+    """
     chosen: list[Source] = []
     used = 0
-    for source in sorted(merge_overlapping(hits), key=lambda s: -s.score):
+    ranked = sorted(merge_overlapping(hits), key=lambda s: -s.score)
+    floor = ranked[0].score * min_relative_score if ranked else 0.0
+    for source in ranked:
+        if source.score < floor:
+            break
         cost = count_tokens(source.text) + 16  # delimiters and attributes
         if used + cost > budget_tokens:
             continue  # a shorter, less relevant source may still fit

@@ -149,12 +149,20 @@ def complete(options: LLMOptions, messages: list[dict]) -> Completion:
                       choice.finish_reason or "stop")
 
 
-def stream(options: LLMOptions, messages: list[dict]) -> Iterator[str]:
-    """Text deltas as the model produces them."""
+def stream(options: LLMOptions, messages: list[dict], usage: dict[str, int] | None = None) -> Iterator[str]:
+    """Text deltas as the model produces them; `usage`, when given, receives the token counts the
+    provider reports at the end of the stream (prompt_tokens, completion_tokens)."""
     import litellm
 
+    arguments = _arguments(options, messages, stream=True)
+    if usage is not None:
+        arguments["stream_options"] = {"include_usage": True}
     with _model_errors(options):
-        for chunk in litellm.completion(**_arguments(options, messages, stream=True)):
+        for chunk in litellm.completion(**arguments):
+            reported = getattr(chunk, "usage", None)
+            if usage is not None and reported:
+                usage.update(prompt_tokens=getattr(reported, "prompt_tokens", 0) or 0,
+                             completion_tokens=getattr(reported, "completion_tokens", 0) or 0)
             delta = chunk.choices[0].delta.content if chunk.choices else None
             if delta:
                 yield delta

@@ -54,9 +54,10 @@ class Prepared:
 
 
 class AnswerPipeline:
-    def __init__(self, retriever: Retriever, context_tokens: int = 1500) -> None:
+    def __init__(self, retriever: Retriever, context_tokens: int = 1500, min_relative_score: float = 0.0) -> None:
         self.retriever = retriever
         self.context_tokens = context_tokens
+        self.min_relative_score = min_relative_score
 
     def retrieve(self, query: str, top_k: int, mode: Mode = "hybrid", filters: Filters | None = None) -> RetrievalResult:
         return self.retriever.search(RetrievalRequest(query=query, top_k=top_k, mode=mode, filters=filters))
@@ -69,7 +70,8 @@ class AnswerPipeline:
         """Retrieved chunks fill the budget left after expert-card knowledge, and are numbered first."""
         started = time.perf_counter()
         reserved = sum(self.count_tokens(s.text) + 16 for s in knowledge)
-        sources = assemble(retrieval.hits, max(self.context_tokens - reserved, 0), self.count_tokens)
+        sources = assemble(retrieval.hits, max(self.context_tokens - reserved, 0), self.count_tokens,
+                           self.min_relative_score)
         sources += [replace(s, number=len(sources) + i + 1) for i, s in enumerate(knowledge)]
         prepared = Prepared(retrieval, sources, answer_messages(query, sources), options, cards=cards)
         prepared.timings = {"retrieve": retrieval.timings_ms.get("total", 0.0), "assemble": _ms(started)}
@@ -81,9 +83,9 @@ class AnswerPipeline:
         prepared.timings["llm"] = _ms(started)
         return completion
 
-    def stream(self, prepared: Prepared) -> Iterator[str]:
+    def stream(self, prepared: Prepared, usage: dict[str, int] | None = None) -> Iterator[str]:
         started = time.perf_counter()
-        yield from llm.stream(prepared.options, prepared.messages)
+        yield from llm.stream(prepared.options, prepared.messages, usage)
         prepared.timings["llm"] = _ms(started)
 
     def finish(self, prepared: Prepared, text: str, completion: llm.Completion | None = None) -> AnswerResponse:

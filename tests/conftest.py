@@ -17,6 +17,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/llama.cpp st
 # shared by every test and every server subprocess of the session, so each conversion runs once.
 os.environ["MIGHTY_HOME"] = tempfile.mkdtemp(prefix="mighty-test-home-")
 os.environ.setdefault("MIGHTY_MODEL_CACHE", str(Path(tempfile.gettempdir()) / "mighty-test-models"))
+# answers in tests come from the fastest local model; the default (Qwen 0.5B) is measured in benchmarks
+os.environ.setdefault("MIGHTY_DEFAULT_LLM", "local/smollm2-135m-instruct")
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DOCS = REPO / "data" / "docs"

@@ -1,4 +1,4 @@
-"""`mighty eval retrieval DATASET_DIR`: quality and latency on a BEIR-format folder."""
+"""`mighty eval retrieval DATASET_DIR` and `mighty eval answers QA.jsonl`: quality and latency."""
 from __future__ import annotations
 
 import json
@@ -7,12 +7,12 @@ from pathlib import Path
 
 import typer
 
-from api.cli.context import RichProgress, fail, home_from
+from api.cli.context import EXIT_REJECTED, RichProgress, err, fail, home_from
 from indexes.collection import Home
 from indexes.config import CollectionConfig, EmbedderConfig
 from rag.evaluation import BeirDataset, DatasetError, build_index, evaluate
 
-app = typer.Typer(help="Measure retrieval quality.", no_args_is_help=True)
+app = typer.Typer(help="Measure retrieval and answer quality.", no_args_is_help=True)
 
 
 @app.command()
@@ -42,3 +42,75 @@ def retrieval(ctx: typer.Context, dataset: Path = typer.Argument(..., help="BEIR
     else:
         for key, value in report.items():
             print(f"{key:>22}  {value}")
+
+
+@app.command()
+def answers(ctx: typer.Context, qa: Path = typer.Argument(..., help="QA JSONL: id, question, answers, doc."),
+            collection: str = typer.Option(..., "--collection", "-c"),
+            llm: str = typer.Option(None, "--llm", help="LiteLLM model; default: the collection's, then the server's."),
+            cards: str = typer.Option(None, help="auto | none | NAME[,NAME...]; default: the server's (auto)."),
+            top_k: int = typer.Option(5, "--top-k", "-k", help="Hits retrieved per question."),
+            api_base: str = typer.Option(None, help="OpenAI-compatible base URL for --llm."),
+            api_key: str = typer.Option(None, envvar="MIGHTY_EVAL_API_KEY", help="Key for --api-base."),
+            max_tokens: int = typer.Option(None, help="Answer token limit; default: the server's."),
+            limit: int = typer.Option(None, min=1, help="Only the first N questions."),
+            out: Path = typer.Option(None, "--out", help="Write one JSON line per question here."),
+            as_json: bool = typer.Option(False, "--json")) -> None:
+    """Answer every question through the service's answer pipeline and score the answers: accuracy,
+    token F1, citation accuracy, retrieval hit@k, faithfulness, latency and tokens/s."""
+    from api.answer_runs import AnswerRun, RunRefused, evaluate_answers
+    from api.settings import ServiceSettings
+    from api.state import ServiceState
+    from rag.answer_eval import QAError, load_qa, summarise
+
+    if top_k < 1:
+        raise fail("--top-k must be at least 1")
+    try:
+        items, rejected = load_qa(qa)
+    except QAError as exc:
+        raise fail(str(exc)) from None
+    for line in rejected:
+        err.print(line, highlight=False, markup=False)
+    items = items[:limit] if limit else items
+    if not items:
+        raise fail(f"{qa}: no valid question to evaluate", code=EXIT_REJECTED)
+    run = AnswerRun(collection, llm, _cards(cards), top_k, api_base, api_key, max_tokens)
+    state = ServiceState(ServiceSettings(home=home_from(ctx).root))
+    sink = open(out, "w", encoding="utf-8") if out else None
+    try:
+        with RichProgress() as progress:
+            model, results = evaluate_answers(state, run, items, progress, on_result=_writer(sink))
+    except RunRefused as exc:
+        raise fail(str(exc)) from None
+    finally:
+        if sink:
+            sink.close()
+        state.close()
+    report = {"qa": qa.name, "collection": collection, "model": model, "top_k": top_k, **summarise(results, top_k)}
+    if as_json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            print(f"{key:>24}  {value}")
+    if rejected or report["errors"]:
+        raise typer.Exit(EXIT_REJECTED)
+
+
+def _cards(value: str | None):
+    if value is None or value in ("auto", "none"):
+        return value
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        raise fail("--cards must be auto, none or card names separated by commas")
+    return names
+
+
+def _writer(sink):
+    """Each answer is written as soon as it is scored, so a long run can be followed (and survives ^C)."""
+    if sink is None:
+        return None
+
+    def write(result) -> None:
+        sink.write(result.as_json() + "\n")
+        sink.flush()
+    return write

@@ -71,11 +71,13 @@ def demo(ctx: typer.Context, docs: Path = typer.Option(Path("data/docs"), help="
     show(Retriever(target).search(RetrievalRequest(query=query, top_k=5)))
     if not serve:
         return
-    from api.settings import LOCAL_LLM
+    from api.settings import ServiceSettings
     from rag.runtime import get_model
 
-    err.print(f"loading the embedded LLM {LOCAL_LLM}")
-    get_model(LOCAL_LLM.split("/", 1)[1])
+    default_llm = ServiceSettings().default_llm  # what the server will answer with (MIGHTY_DEFAULT_LLM)
+    if default_llm.startswith("local/"):
+        err.print(f"loading the embedded LLM {default_llm}")
+        get_model(default_llm.split("/", 1)[1])
     out.print(f"try:  curl -s localhost:{port}/v1/query -H 'content-type: application/json' "
               f"-d '{{\"query\": \"{query}\", \"collection\": \"{collection}\"}}'", highlight=False)
     from api.cli.serve_commands import serve as serve_command
