@@ -15,7 +15,7 @@ import ray
 
 from api.cli.index_commands import ingest
 from indexes.collection import Home, ShardedCollection
-from indexes.config import CollectionConfig
+from indexes.config import CollectionConfig, FusionConfig
 from indexes.ray_ingest import RayEmbeddingWriter
 from rag.retriever import Retriever
 from rag.schemas import RetrievalRequest
@@ -40,7 +40,10 @@ def _write(path, records, bad_line: bool) -> None:
 
 
 def _ingest(home, name: str, shards: int, source, on_ray: bool):
-    collection = Home(home).open_or_create(CollectionConfig(name=name, shards=shards))
+    # both sides fuse with the configured weights: sharded collections do not calibrate (yet), and this
+    # test is about what ingestion stores, which bm25 and dense compare on their own
+    config = CollectionConfig(name=name, shards=shards, fusion=FusionConfig(calibrate=False))
+    collection = Home(home).open_or_create(config)
     return ingest(collection, [str(source)], "reading", "local" if on_ray else None, 2)
 
 
