@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,3 +51,18 @@ def start_server(args: list[str], port: int, env: dict, log: Path, timeout: floa
             time.sleep(0.5)
     process.kill()
     raise AssertionError(f"server did not answer /healthz within {timeout:.0f} s:\n{log.read_text()}")
+
+
+@contextmanager
+def serving(home: Path, *flags: str, timeout: float = 240) -> Iterator[tuple[str, int, Path]]:
+    """`mighty serve FLAGS` on `home` at a free loopback port: yields (base URL, port, log file) and
+    stops the server afterwards."""
+    port = free_port()
+    env = {**os.environ, "MIGHTY_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    log = home.parent / "server.log"
+    process = start_server(["serve", "--port", str(port), *flags], port, env, log, timeout)
+    try:
+        yield f"http://127.0.0.1:{port}", port, log
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

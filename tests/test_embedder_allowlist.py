@@ -7,7 +7,6 @@ after which `mighty serve` exited "Application startup failed".
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from indexes.documents import SourceDocument
 from indexes.embedder_allowlist import EmbedderAllowList, EmbedderNotAllowed, shipped_folder
 from rag.retriever import Retriever
 from rag.schemas import RetrievalRequest
-from tests.helpers import free_port, run_mighty, start_server
+from tests.helpers import run_mighty, serving
 
 
 def _break_embedder(home: Path, name: str, model: str = "evil-org/some-model") -> None:
@@ -106,13 +105,8 @@ def broken_server(demo_home, tmp_path_factory):
     keys = {}
     for name, role in (("root", "admin"), ("alpha", "team:alpha")):
         keys[role] = run_mighty(home, "keys", "create", name, "--role", role).stdout.strip()
-    port = free_port()
-    env = {**os.environ, "MIGHTY_HOME": str(home), "HF_HUB_OFFLINE": "1"}
-    log = home.parent / "server.log"
-    process = start_server(["serve", "--port", str(port), "--auth"], port, env, log, 240)
-    yield {"base": f"http://127.0.0.1:{port}", "keys": keys, "home": home, "log": log}
-    process.terminate()
-    process.wait(timeout=30)
+    with serving(home, "--auth") as (base, _, log):
+        yield {"base": base, "keys": keys, "home": home, "log": log}
 
 
 def _as(server, role: str) -> httpx.Client:
