@@ -68,10 +68,13 @@ def _load_settings(batch_invariant: bool) -> Iterator[None]:
     without flash attention rounds a batch of 2+ differently from a batch of 1 (SmolLM2: logits up to
     0.73 apart, an argmax flip within 24 tokens), and weights repacked for the CPU (Q4_K in the Qwen
     models) go through a matrix-matrix kernel for batches and a matrix-vector one for single tokens
-    (Qwen 1.5B: 0.56 apart). Flash attention (a `Llama` argument) plus no repacking (llama.cpp's
-    `--no-repack`, the model parameter `use_extra_bufts`, which llama-cpp-python does not expose, so
-    its defaults are adjusted while this model loads) gives identical logits. Loads are serialised so
-    the adjusted defaults reach only the model that asked.
+    (Qwen 1.5B: 0.56 apart); and flash attention for a single token splits a cache of more than 256
+    tokens across threads, summing in another order than a batch does (SmolLM2: 0.96 apart). Flash
+    attention (a `Llama` argument), no repacking (llama.cpp's `--no-repack`, the model parameter
+    `use_extra_bufts`, which llama-cpp-python does not expose, so its defaults are adjusted while this
+    model loads) and one thread for one-token evaluations (`n_threads`; batches keep every thread)
+    give identical logits. A speculative target evaluates batches almost only, so the single thread
+    costs it little. Loads are serialised so the adjusted defaults reach only the model that asked.
     """
     import llama_cpp.llama as high_level
 
@@ -115,10 +118,12 @@ class LlamaModel(LocalModel):
         self.name, self.path, self.adapter = name, Path(path), adapter
         self.threads = threads_for(name, threads)
         self.lock = threading.RLock()
+        self.batch_invariant = batch_invariant
         extra = {"flash_attn": True} if batch_invariant else {}
         try:
             with _load_settings(batch_invariant):
-                self._llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_threads=self.threads,
+                self._llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_batch,
+                                            n_threads=self._step_threads(),
                                             n_threads_batch=self.threads, verbose=False, logits_all=False, **extra)
         except (ValueError, RuntimeError) as error:
             raise LocalModelError(f"llama.cpp cannot load {path}: {error}") from error
@@ -247,9 +252,13 @@ class LlamaModel(LocalModel):
         vocab = self._lib.llama_model_get_vocab(model)
         return [self._lib.llama_vocab_get_text(vocab, t) or b"" for t in range(self.vocab_size)]
 
+    def _step_threads(self) -> int:
+        """Threads for one-token evaluations; 1 when batch-invariant (see `_load_settings`)."""
+        return 1 if self.batch_invariant else self.threads
+
     def set_threads(self, threads: int) -> None:
         super().set_threads(threads)
-        self._llm._ctx.set_n_threads(self.threads, self.threads)
+        self._llm._ctx.set_n_threads(self._step_threads(), self.threads)
 
     def reset(self) -> None:
         """Forget the KV cache (the next prefill evaluates its whole prompt)."""
