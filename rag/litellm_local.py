@@ -13,14 +13,16 @@ from collections.abc import Iterator
 
 from rag.litellm_provider import CustomLLMError, InProcessProvider
 from rag.runtime import Decoded, LocalModel, LocalModelError, SamplingOptions, get_model
+from rag.runtime.speculative import paired_model
 
 PROVIDER = "local"
 
 
 def local_model(name: str) -> LocalModel:
-    """The loaded model, with load failures turned into an error LiteLLM reports as-is (404)."""
+    """The loaded model (drafting for it when the operator paired it with a draft model, see
+    `rag.runtime.speculative`), with load failures turned into an error LiteLLM reports as-is (404)."""
     try:
-        return get_model(name, allow_paths=False)
+        return paired_model(name) or get_model(name, allow_paths=False)
     except LocalModelError as error:
         raise CustomLLMError(status_code=404, message=str(error)) from error
 

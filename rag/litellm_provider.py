@@ -60,8 +60,12 @@ def seconds(timeout: Any) -> float | None:
 
 
 def usage(result: Decoded) -> dict[str, int]:
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens}
+    """OpenAI's counts, plus the draft model's guesses and how many were accepted when one drafted."""
+    counts = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+              "total_tokens": result.prompt_tokens + result.completion_tokens}
+    if result.drafted:
+        counts.update(draft_tokens=result.drafted, accepted_draft_tokens=result.accepted)
+    return counts
 
 
 class InProcessProvider(CustomLLM, ABC):

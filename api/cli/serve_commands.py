@@ -31,6 +31,7 @@ def serve(ctx: typer.Context, host: str = typer.Option("127.0.0.1"), port: int =
     if no_auth and not is_loopback(host):
         raise fail(f"--no-auth is only allowed on loopback, not on {host}; create a key with `mighty keys create`")
     settings = _settings(ctx, no_auth=no_auth, default_llm=llm, host=host)
+    check_drafts()
     err.print(f"Mighty on http://{host}:{port} (docs at /docs; home {settings.home})")
     err.print(banner(settings), highlight=False)
     if workers < 2:
@@ -42,6 +43,18 @@ def serve(ctx: typer.Context, host: str = typer.Option("127.0.0.1"), port: int =
                        "MIGHTY_DEFAULT_LLM": settings.default_llm, "MIGHTY_HOST": host})
     os.environ.setdefault("MIGHTY_EMBED_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
+
+
+def check_drafts() -> None:
+    """Speculative pairs (MIGHTY_DRAFT_MODELS) load and share a vocabulary, or the server does not start."""
+    from rag.runtime import LocalModelError
+    from rag.runtime.speculative import check_draft_models
+
+    try:
+        for pair in check_draft_models():
+            err.print(f"speculative decoding: {pair}")
+    except LocalModelError as error:
+        raise fail(str(error)) from None
 
 
 def banner(settings) -> str:

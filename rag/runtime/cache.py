@@ -23,10 +23,12 @@ def _kept() -> int:
 
 
 def load_model(name: str, adapter: Path | None = None, adapter_scale: float = 1.0, allow_paths: bool = True,
-               threads: int | None = None) -> LocalModel:
+               threads: int | None = None, batch_invariant: bool = False) -> LocalModel:
     """A fresh model instance (not cached): a GGUF on llama.cpp, or a Hugging Face folder on transformers.
 
     `adapter` is a peft LoRA folder; it is converted to a GGUF LoRA once and applied at run time.
+    `batch_invariant` (llama.cpp only) makes logits independent of batch shape, which speculative
+    decoding needs (see `LlamaModel`).
     """
     from rag.runtime.registry import LocalModelError
 
@@ -37,12 +39,14 @@ def load_model(name: str, adapter: Path | None = None, adapter_scale: float = 1.
                                   "experts.models (transformers), not the llama.cpp runtime")
         from rag.runtime.hf import TransformersModel
 
+        if batch_invariant:
+            raise LocalModelError(f"{name}: speculative decoding needs a GGUF model on llama.cpp, not a Hugging Face folder")
         return TransformersModel(name, resolved.path, threads)
     from rag.runtime.llama import LlamaModel
     from rag.runtime.lora import gguf_adapter
 
     lora = gguf_adapter(adapter, resolved.path) if adapter is not None else None
-    return LlamaModel(name, resolved.path, lora, adapter_scale, threads)
+    return LlamaModel(name, resolved.path, lora, adapter_scale, threads, batch_invariant=batch_invariant)
 
 
 def get_model(name: str = DEFAULT_LOCAL_MODEL, adapter: Path | None = None, adapter_scale: float = 1.0,

@@ -47,6 +47,8 @@ class Decoded:
     token_ids: list[int]
     prompt_tokens: int
     finish_reason: str  # "stop" (end of turn or a stop string) or "length" (max_tokens reached)
+    drafted: int = 0  # speculative decoding: tokens a draft model proposed, and how many the model accepted
+    accepted: int = 0
 
     @property
     def completion_tokens(self) -> int:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,47 @@ def threads_for(name: str, explicit: int | None = None) -> int:
     return max(1, int(chosen)) if chosen else default_threads()
 
 
+_LOADING = threading.Lock()
+
+
+@contextmanager
+def _load_settings(batch_invariant: bool) -> Iterator[None]:
+    """Load a model whose logits do not depend on how many tokens share a batch, when asked to.
+
+    Speculative decoding verifies several tokens in one batch and must match one-token steps bit for
+    bit. llama.cpp's CPU backend breaks that twice (measured here): attention over the F16 KV cache
+    without flash attention rounds a batch of 2+ differently from a batch of 1 (SmolLM2: logits up to
+    0.73 apart, an argmax flip within 24 tokens), and weights repacked for the CPU (Q4_K in the Qwen
+    models) go through a matrix-matrix kernel for batches and a matrix-vector one for single tokens
+    (Qwen 1.5B: 0.56 apart); and flash attention for a single token splits a cache of more than 256
+    tokens across threads, summing in another order than a batch does (SmolLM2: 0.96 apart). Flash
+    attention (a `Llama` argument), no repacking (llama.cpp's `--no-repack`, the model parameter
+    `use_extra_bufts`, which llama-cpp-python does not expose, so its defaults are adjusted while this
+    model loads) and one thread for one-token evaluations (`n_threads`; batches keep every thread)
+    give identical logits. A speculative target evaluates batches almost only, so the single thread
+    costs it little. Loads are serialised so the adjusted defaults reach only the model that asked.
+    """
+    import llama_cpp.llama as high_level
+
+    with _LOADING:
+        if not batch_invariant:
+            yield
+            return
+        low_level = high_level.llama_cpp
+        defaults = low_level.llama_model_default_params
+
+        def without_repacking():
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        low_level.llama_model_default_params = without_repacking
+        try:
+            yield
+        finally:
+            low_level.llama_model_default_params = defaults
+
+
 class LlamaModel(LocalModel):
     """One GGUF model (optionally with a LoRA adapter) and its single-sequence KV cache.
 
@@ -65,7 +108,8 @@ class LlamaModel(LocalModel):
     backend = "llama.cpp"
 
     def __init__(self, name: str, path: Path, adapter: Path | None = None, adapter_scale: float = 1.0,
-                 threads: int | None = None, n_ctx: int = DEFAULT_CONTEXT, n_batch: int = 512) -> None:
+                 threads: int | None = None, n_ctx: int = DEFAULT_CONTEXT, n_batch: int = 512,
+                 batch_invariant: bool = False) -> None:
         try:
             import llama_cpp
         except ImportError as error:
@@ -74,9 +118,13 @@ class LlamaModel(LocalModel):
         self.name, self.path, self.adapter = name, Path(path), adapter
         self.threads = threads_for(name, threads)
         self.lock = threading.RLock()
+        self.batch_invariant = batch_invariant
+        extra = {"flash_attn": True} if batch_invariant else {}
         try:
-            self._llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_threads=self.threads,
-                                        n_threads_batch=self.threads, verbose=False, logits_all=False)
+            with _load_settings(batch_invariant):
+                self._llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_batch,
+                                            n_threads=self._step_threads(),
+                                            n_threads_batch=self.threads, verbose=False, logits_all=False, **extra)
         except (ValueError, RuntimeError) as error:
             raise LocalModelError(f"llama.cpp cannot load {path}: {error}") from error
         self._lib = llama_cpp
@@ -186,9 +234,31 @@ class LlamaModel(LocalModel):
         self._truncate(0)
         return torch.from_numpy(self._decode(tokens, all_logits=True))
 
+    def append(self, tokens: list[int]) -> torch.Tensor:
+        """Logits [L, V] after each of `tokens`, appended to the KV cache in one forward pass."""
+        return torch.from_numpy(self._decode(tokens, all_logits=True))
+
+    def rewind(self, keep: int) -> None:
+        """Keep only the first `keep` cached tokens (a speculative draft's rejected tail is dropped)."""
+        self._truncate(min(keep, len(self._cached)))
+
+    @property
+    def cached_tokens(self) -> int:
+        return len(self._cached)
+
+    def vocabulary(self) -> list[bytes]:
+        """Every token's text, by id: two models can share token ids only if these agree."""
+        model = self._llm._model.model
+        vocab = self._lib.llama_model_get_vocab(model)
+        return [self._lib.llama_vocab_get_text(vocab, t) or b"" for t in range(self.vocab_size)]
+
+    def _step_threads(self) -> int:
+        """Threads for one-token evaluations; 1 when batch-invariant (see `_load_settings`)."""
+        return 1 if self.batch_invariant else self.threads
+
     def set_threads(self, threads: int) -> None:
         super().set_threads(threads)
-        self._llm._ctx.set_n_threads(self.threads, self.threads)
+        self._llm._ctx.set_n_threads(self._step_threads(), self.threads)
 
     def reset(self) -> None:
         """Forget the KV cache (the next prefill evaluates its whole prompt)."""

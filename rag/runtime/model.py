@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from rag.runtime.decode import Deadline, Decoded, decode, stream_rows
+from rag.runtime.decode import Deadline, Decoded, OnToken, decode, stream_rows
 from rag.runtime.sampling import SamplingOptions
 
 Prompt = list[int] | list[dict[str, Any]]  # token ids, or chat messages to format with the model's template
@@ -75,6 +75,12 @@ class LocalModel(ABC):
             return self.chat_tokens(prompt)  # type: ignore[arg-type]
         return list(prompt)  # type: ignore[arg-type]
 
+    def run(self, tokens: list[int], options: SamplingOptions, on_token: OnToken | None = None,
+            cancel: threading.Event | None = None) -> Decoded:
+        """One generation stepping this model (the caller holds `lock`); a speculative pair steps
+        through its draft-and-verify stepper instead, with the same stopping and streaming."""
+        return decode(self, self, tokens, options, on_token, cancel)
+
     def generate(self, prompt: Prompt, options: SamplingOptions, cancel: threading.Event | None = None,
                  timeout: float | None = None) -> Decoded:
         """Complete a prompt; greedy when options.temperature is 0. `timeout` (seconds) includes waiting
@@ -84,7 +90,7 @@ class LocalModel(ABC):
         try:
             tokens = self.tokens(prompt)
             with self.lock:
-                return decode(self, self, tokens, options, cancel=cancel)
+                return self.run(tokens, options, cancel=cancel)
         finally:
             deadline.close(repr(self.name), timeout)
 
@@ -97,7 +103,7 @@ class LocalModel(ABC):
 
         def run(on_step, stop_event: threading.Event) -> list[Decoded]:
             with self.lock:
-                return [decode(self, self, tokens, options, lambda token: on_step(0, token), stop_event)]
+                return [self.run(tokens, options, lambda token: on_step(0, token), stop_event)]
 
         try:
             for _, delta in stream_rows(run, self, options.stop, 1, results, cancel):
