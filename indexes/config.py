@@ -96,6 +96,9 @@ class FusionConfig(BaseModel):
                             "(indexes.calibration); dense_weight/adaptive then apply only without one")
     calibration_samples: int = Field(200, ge=10, le=5000, description="pseudo-queries per calibration")
     calibration_seed: int = Field(0, ge=0, description="seed of the chunk sample, for reproducible weights")
+    recalibrate_fraction: float = Field(0.1, ge=0, le=1, description="keep the stored calibration until chunks "
+                                        "written or deleted since exceed this share of the chunks it was "
+                                        "measured on (0: measure at every commit)")
 
 
 class CollectionConfig(BaseModel):
