@@ -175,3 +175,29 @@ def test_a_small_upsert_keeps_the_stored_calibration_and_a_large_change_measures
     assert calls == [1]
     assert again["calibrated_generation"] == 3 and again["calibrated_chunks"] == 140 and again["changed_chunks"] == 0
     assert again["dense_weight"] == 0.0  # still a language the embedder cannot read
+
+
+def test_a_sharded_collection_calibrates_on_the_whole_collection_and_fuses_with_it(unknown_language):
+    home, single, queries = unknown_language
+    docs, _ = _pseudo_language()
+    sharded = home.create(CollectionConfig(name="pseudo-sharded", shards=3))
+    with sharded.writer() as writer:
+        for document in docs:
+            writer.upsert(document)
+        writer.commit()
+    sharded = Home(home.root).open("pseudo-sharded")  # read back from disk
+    fusion = sharded.stats()["fusion"]
+    assert fusion["source"] == "calibrated" and fusion["calibrated_generation"] == sharded.snapshot().generation
+    assert fusion["calibrated_chunks"] == 120 and fusion["dense_weight"] == 0.0
+    assert all(shard.snapshot().manifest.fusion is None for shard in sharded.shards)  # measured once, not per shard
+
+    split, whole = Retriever(sharded), Retriever(single)
+    for query in queries.values():
+        result = split.search(RetrievalRequest(query=query, mode="hybrid", top_k=10))
+        assert result.weights["dense"] == 0.0  # fused with the stored calibration, not the configured 0.6
+        # rows fused to 0 (found by dense only, weight 0) tie, and ties are ordered by storage position
+        hits = [(h.id, round(h.score, 6)) for h in result.hits if h.score > 0]
+        assert hits and hits == [(h.id, round(h.score, 6)) for h in
+                                 whole.search(RetrievalRequest(query=query, mode="hybrid", top_k=10)).hits if h.score > 0]
+    configured = split.search(RetrievalRequest(query=query, mode="hybrid", top_k=10, dense_weight=0.6, adaptive=False))
+    assert configured.weights["dense"] == 0.6  # the control: an explicit weight is honoured
