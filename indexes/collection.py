@@ -122,7 +122,7 @@ class Collection:
                 "size_bytes": snapshot.size_on_disk(), "embedder": config.embedder.model,
                 "embedder_backend": config.embedder.backend, "chunk_size": config.chunking.size,
                 "chunk_overlap": config.chunking.overlap, "default_llm": config.default_llm,
-                "analyzer": config.bm25.analyzer,
+                "analyzer": config.bm25.analyzer, "language": config.bm25.language,
                 "fusion": self.fusion_settings(snapshot)}
 
     def fusion_settings(self, snapshot: Snapshot) -> dict:

@@ -60,6 +60,9 @@ class BM25Config(BaseModel):
     stopwords: Literal["en", "none"] = "en"
     stemmer: Literal["english", "none"] = "english"
     title_weight: int = Field(1, ge=0, le=5, description="times a document's title is indexed per chunk")
+    language: Literal["configured", "auto"] = Field(
+        "configured", description="'auto': each document's language is detected at ingest (indexes.languages) and "
+                                  "picks its stopwords and Snowball stemmer, instead of `stopwords`/`stemmer`")
     analyzer: int = Field(ANALYZER_VERSION, ge=1, le=ANALYZER_VERSION,
                           description="how text is cut into terms (indexes.analyzer); fixed when the collection "
                                       "is created, so its queries are cut the way its documents were")

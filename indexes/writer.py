@@ -124,7 +124,8 @@ class CollectionWriter:
             self.report.unchanged += 1
             return "unchanged"
         chunks = self._collection.chunker.split(document)
-        analyzer, weight = self._collection.analyzer, self._collection.config.bm25.title_weight
+        weight = self._collection.config.bm25.title_weight
+        analyzer = self._collection.analyzer.for_document(f"{document.title}\n{document.text}")
         title_terms = analyzer.terms(document.title) * weight if document.title else []
         terms = [title_terms + analyzer.terms(c.text) for c in chunks]
         if pending is not None:
