@@ -81,3 +81,19 @@ def test_cli_creates_an_auto_language_collection_and_stats_report_it(tmp_path):
     found = run_mighty(tmp_path, "search", "cheval", "--collection", "multi", "--mode", "bm25", "--json")
     assert found.returncode == 0, found.stderr
     assert json.loads(found.stdout)["hits"][0]["id"] == "fr"
+
+
+def test_rest_creates_an_auto_language_collection_and_refuses_an_unknown_setting(tmp_path):
+    import httpx
+
+    from tests.helpers import serving
+
+    home = tmp_path / "home"
+    home.mkdir()
+    with serving(home, "--no-auth") as (base, _, _):
+        created = httpx.post(f"{base}/v1/collections", json={"name": "multi", "language": "auto"}, timeout=120)
+        assert created.status_code == 201, created.text
+        assert created.json()["language"] == "auto"
+        refused = httpx.post(f"{base}/v1/collections", json={"name": "other", "language": "klingon"}, timeout=120)
+        assert refused.status_code == 422 and "language" in refused.text
+    assert Home(home).open("multi").config.bm25.language == "auto"
