@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 import indexes.writer as writer_module  # noqa: E402
+from benchmarks.scale import read_jsonl, stats  # noqa: E402  (one home for the latency summary)
 from indexes.collection import Collection, Home  # noqa: E402
 from indexes.config import CollectionConfig  # noqa: E402
 from indexes.documents import SourceDocument  # noqa: E402
@@ -52,16 +53,6 @@ PART = 50_000
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
-
-
-def stats(ms: list[float]) -> dict[str, float]:
-    a = np.asarray(ms, dtype=np.float64)
-    return {"n": len(a), "p50": round(float(np.percentile(a, 50)), 2), "p95": round(float(np.percentile(a, 95)), 2),
-            "p99": round(float(np.percentile(a, 99)), 2), "mean": round(float(a.mean()), 2)}
 
 
 class SyntheticCorpus:
