@@ -22,6 +22,8 @@ class CollectionCreate(BaseModel):
     chunk_size: int | None = None
     chunk_overlap: int | None = None
     embedder: str | None = None
+    language: Literal["configured", "auto"] | None = Field(
+        None, description="auto: detect each document's language for BM25 stopwords and stemming")
     default_llm: str | None = None
     llm_fallbacks: list[str] = Field(default_factory=list, max_length=5)
     llm_timeout_s: float | None = Field(None, gt=0, le=600)

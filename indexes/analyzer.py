@@ -13,6 +13,7 @@ import unicodedata
 from functools import lru_cache
 
 from indexes.config import ANALYZER_VERSION, BM25Config
+from indexes.languages import LANGUAGES, Language, detect, language
 from indexes.scripts import HANDLERS, ScriptHandler
 
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")
@@ -53,23 +54,54 @@ class _Scripts:
 
 
 class Analyzer:
-    """Lower-case terms; words get optional English stopword removal and Snowball stemming."""
+    """Lower-case terms; words get optional stopword removal and Snowball stemming.
 
-    def __init__(self, config: BM25Config) -> None:
+    With `language: auto` the collection's analyzer is a dispatcher: `for_document` detects a
+    document's language (indexes.languages) and returns the analyzer of that language (undecided:
+    words kept as written, no stopwords, no stemming). A query is analysed with its own detected
+    language, or, when a short query gives no evidence, with every language's analyzer at once
+    (the distinct terms of all of them): the stem a document was indexed under is then among the
+    query's terms whatever its language, and terms no document has score nothing."""
+
+    def __init__(self, config: BM25Config, language: Language | None = None) -> None:
         if config.analyzer not in VERSIONS:
             raise ValueError(f"analyzer version {config.analyzer} is unknown (known: {sorted(VERSIONS)})")
         self.version = config.analyzer
+        self.config = config
+        self.language = language.name if language else None
+        self.auto = config.language == "auto" and language is None
         names = VERSIONS[config.analyzer]
         self._scripts = _Scripts([HANDLERS[n] for n in names]) if names else None
-        self._stopwords = _stopwords(config.stopwords)
+        self._stopwords = language.stopwords if language else _stopwords(config.stopwords)
+        stemmer = language.stemmer if language else (None if config.stemmer == "none" else config.stemmer)
         self._stemmer = None
-        if config.stemmer != "none":
+        if stemmer is not None and not self.auto:
             import Stemmer
 
-            self._stemmer = Stemmer.Stemmer(config.stemmer)
+            self._stemmer = Stemmer.Stemmer(stemmer)
         self._cache: dict[str, str] = {}
+        self._languages: dict[str | None, Analyzer] = {}
+
+    def for_document(self, text: str) -> "Analyzer":
+        """The analyzer a document's words go through: its detected language's (`auto`), else this one."""
+        return self._of(detect(text)) if self.auto else self
+
+    def _of(self, name: str | None) -> "Analyzer":
+        if name not in self._languages:
+            plain = Language("undecided", None, frozenset())
+            self._languages[name] = Analyzer(self.config, language(name) if name else plain)
+        return self._languages[name]
 
     def terms(self, text: str) -> list[str]:
+        if not self.auto:
+            return self._terms(text)
+        name = detect(text)
+        if name is not None:
+            return self._of(name).terms(text)
+        every = [None, *LANGUAGES]
+        return list(dict.fromkeys(t for name in every for t in self._of(name).terms(text)))
+
+    def _terms(self, text: str) -> list[str]:
         scripts = self._scripts
         if scripts is not None and not text.isascii():
             text = unicodedata.normalize("NFKC", text)  # full-width forms, presentation forms, ligatures

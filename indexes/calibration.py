@@ -76,7 +76,28 @@ class FusionCalibration:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "FusionCalibration":
-        return cls(**raw)
+        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+
+
+def stamp(found: FusionCalibration | None, manifest) -> dict | None:
+    """A fresh calibration as stored in a manifest, with what it was measured on: the generation and
+    its chunk count, and the chunks changed since (none yet), which decide when to measure again."""
+    if found is None:
+        return None
+    return found.to_dict() | {"calibrated_generation": manifest.generation, "calibrated_chunks": manifest.chunks,
+                              "changed_chunks": 0}
+
+
+def keep_calibration(stored: dict | None, changed: int, fraction: float) -> dict | None:
+    """The stored calibration carried into the next generation, with `changed` more chunks counted
+    against it, while the total stays within `fraction` of the chunks it was measured on; None when
+    it must be measured again (too much changed, none stored, or one stored before this bookkeeping)."""
+    if not stored or "calibrated_chunks" not in stored:
+        return None
+    total = int(stored.get("changed_chunks", 0)) + changed
+    if total > fraction * int(stored["calibrated_chunks"]):
+        return None
+    return stored | {"changed_chunks": total}
 
 
 @dataclass

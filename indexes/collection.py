@@ -122,23 +122,38 @@ class Collection:
                 "size_bytes": snapshot.size_on_disk(), "embedder": config.embedder.model,
                 "embedder_backend": config.embedder.backend, "chunk_size": config.chunking.size,
                 "chunk_overlap": config.chunking.overlap, "default_llm": config.default_llm,
-                "analyzer": config.bm25.analyzer,
+                "analyzer": config.bm25.analyzer, "language": config.bm25.language,
                 "fusion": self.fusion_settings(snapshot)}
 
     def fusion_settings(self, snapshot: Snapshot) -> dict:
         """The hybrid fusion queries of this snapshot get: calibrated at commit, else configured."""
         fusion = self.config.fusion
-        if fusion.calibrate and snapshot.manifest.fusion:
-            return {"source": "calibrated", **snapshot.manifest.fusion}
+        stored = getattr(snapshot.manifest, "fusion", None)
+        if fusion.calibrate and stored:
+            return {"source": "calibrated", **stored, **_freshness(stored, snapshot.generation, fusion.recalibrate_fraction)}
         return {"source": "configured", "dense_weight": fusion.dense_weight, "normalisation": "minmax",
                 "adaptive": fusion.adaptive}
+
+
+def _freshness(stored: dict, generation: int, fraction: float) -> dict:
+    """What `index stats` says about a stored calibration: measured on this generation, or kept from an
+    earlier one because little changed since (and when the next commit will measure it again)."""
+    if "calibrated_chunks" not in stored:
+        return {}
+    measured = stored["calibrated_generation"]
+    limit = int(fraction * stored["calibrated_chunks"])
+    state = ("measured on this generation" if measured == generation else
+             f"kept from generation {measured}: {stored['changed_chunks']} chunks changed since")
+    return {"calibration": f"{state}; recalibrates when more than {limit} chunks have changed"}
 
 
 class ShardCollection(Collection):
     """One shard's folder, sharing its parent's (already loaded) embedder and chunker."""
 
     def __init__(self, parent: "ShardedCollection", index: int) -> None:
-        super().__init__(shard_folder(parent.folder, index), parent.config, parent.allowed)
+        # fusion is calibrated once on the whole sharded collection (ShardedWriter), never per shard
+        config = parent.config.model_copy(update={"fusion": parent.config.fusion.model_copy(update={"calibrate": False})})
+        super().__init__(shard_folder(parent.folder, index), config, parent.allowed)
         self.parent, self.index = parent, index
 
     @property
@@ -172,7 +187,10 @@ class ShardedCollection(Collection):
         return super().snapshot().for_query()  # type: ignore[attr-defined]
 
     def load_snapshot(self, generation: int | None = None) -> ShardedSnapshot:  # type: ignore[override]
-        sharded = self.committed()
+        return self.snapshot_of(self.committed())
+
+    def snapshot_of(self, sharded: ShardedManifest) -> ShardedSnapshot:
+        """The in-process coordinator over one sharded generation (committed, or about to be)."""
         snapshots = self.shard_snapshots(sharded)
         searchers = [ShardSearcher(snapshot, self.config.bm25) for snapshot in snapshots]
         return ShardedSnapshot(sharded, LocalFanout(searchers), [len(s.segments) for s in snapshots], snapshots)

@@ -60,6 +60,9 @@ class BM25Config(BaseModel):
     stopwords: Literal["en", "none"] = "en"
     stemmer: Literal["english", "none"] = "english"
     title_weight: int = Field(1, ge=0, le=5, description="times a document's title is indexed per chunk")
+    language: Literal["configured", "auto"] = Field(
+        "configured", description="'auto': each document's language is detected at ingest (indexes.languages) and "
+                                  "picks its stopwords and Snowball stemmer, instead of `stopwords`/`stemmer`")
     analyzer: int = Field(ANALYZER_VERSION, ge=1, le=ANALYZER_VERSION,
                           description="how text is cut into terms (indexes.analyzer); fixed when the collection "
                                       "is created, so its queries are cut the way its documents were")
@@ -79,9 +82,13 @@ class DenseConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     hnsw_threshold: int = Field(20_000, ge=0, description="segments with more rows get an HNSW graph")
-    hnsw_m: int = Field(32, ge=4, le=128)
-    ef_construction: int = Field(128, ge=8)
-    ef_search: int = Field(128, ge=8)
+    # Measured on benchmarks/synthetic.py at 100k (non-duplicate vectors, RESULTS.md): M 32 /
+    # efConstruction 128 / efSearch 128 gave recall@10 0.90 against exact search; M 48 /
+    # efConstruction 256 gives 0.952 at efSearch 128 and 0.981 at 256, for about twice the graph
+    # build time (small next to embedding) and ~1 ms more per query. Stored per collection at creation.
+    hnsw_m: int = Field(48, ge=4, le=128)
+    ef_construction: int = Field(256, ge=8)
+    ef_search: int = Field(256, ge=8)
 
 
 class FusionConfig(BaseModel):
@@ -96,6 +103,9 @@ class FusionConfig(BaseModel):
                             "(indexes.calibration); dense_weight/adaptive then apply only without one")
     calibration_samples: int = Field(200, ge=10, le=5000, description="pseudo-queries per calibration")
     calibration_seed: int = Field(0, ge=0, description="seed of the chunk sample, for reproducible weights")
+    recalibrate_fraction: float = Field(0.1, ge=0, le=1, description="keep the stored calibration until chunks "
+                                        "written or deleted since exceed this share of the chunks it was "
+                                        "measured on (0: measure at every commit)")
 
 
 class CollectionConfig(BaseModel):

@@ -25,9 +25,14 @@ class QueryBatcher:
         self._thread.start()
 
     def embed(self, text: str) -> np.ndarray:
+        return self.submit(text).result()
+
+    def submit(self, text: str) -> Future:
+        """Queue a query and return at once: a hybrid search scores BM25 while this thread embeds
+        (onnxruntime releases the GIL), so the embedding adds to latency only where it is longer."""
         future: Future = Future()
         self._queue.put((text, future))
-        return future.result()
+        return future
 
     def _run(self) -> None:
         while True:

@@ -136,7 +136,8 @@ class ShardedSnapshot:
         self.stats = sharded.stats.collection_stats()
         self._local = local
         refs = [ref for snapshot in local or [] for ref in snapshot.manifest.segments]
-        self.manifest = Manifest(sharded.generation, refs, sharded.documents, sharded.chunks, sharded.created_at)
+        self.manifest = Manifest(sharded.generation, refs, sharded.documents, sharded.chunks, sharded.created_at,
+                                 sharded.fusion)
 
     @property
     def generation(self) -> int:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from indexes.calibration import calibrate, keep_calibration, stamp
 from indexes.documents import SourceDocument
 from indexes.durable import atomic_write_text, failpoint
 from indexes.generations import CURRENT, current_generation, next_generation_number
@@ -68,12 +69,16 @@ class ShardedWriter:
         for writer in self._writers:
             writer.flush()
 
-    def commit(self) -> ShardedManifest | None:
-        """Commit every changed shard, then publish them together; None when nothing changed."""
+    def commit(self, recalibrate: bool = False) -> ShardedManifest | None:
+        """Commit every changed shard, then publish them together; None when nothing changed
+        (`recalibrate`: publish anyway, with fusion measured again)."""
+        self.flush()
+        rows = sum(writer.changes_since_commit for writer in self._writers)
         changed = [writer.commit() is not None for writer in self._writers]
-        if not any(changed):
+        if not any(changed) and not recalibrate:
             return None
         collection = self._collection
+        previous = collection.committed()
         generations = [current_generation(shard.folder) or 0 for shard in collection.shards]
         sharded = ShardedManifest(next_generation_number(collection.folder), generations)
         snapshots = collection.shard_snapshots(sharded)
@@ -81,10 +86,29 @@ class ShardedWriter:
         sharded.segments = [len(s.segments) for s in snapshots]
         sharded.documents = sum(s.manifest.documents for s in snapshots)
         sharded.chunks = sum(s.manifest.chunks for s in snapshots)
+        sharded.fusion = self._calibrate(sharded, previous.fusion, rows, recalibrate)
         failpoint("before-sharded-commit")
         commit_sharded(collection.folder, sharded, collection.config.keep_generations)
         self._generation = sharded.generation
         return sharded
+
+    def recalibrate(self) -> ShardedManifest | None:
+        """Publish the same shards as a new sharded generation with fusion measured again."""
+        return self.commit(recalibrate=True)
+
+    def _calibrate(self, sharded: ShardedManifest, stored: dict | None, changed: int, force: bool) -> dict | None:
+        """Fusion calibrated on the whole collection through the shard coordinator, so pseudo-queries
+        see exactly what real queries will (global BM25 statistics, every shard's candidates); kept
+        from the stored one while little changed, as for a single folder (`CollectionWriter`)."""
+        collection = self._collection
+        fusion = collection.config.fusion
+        if not fusion.calibrate:
+            return None
+        kept = keep_calibration(stored, changed, fusion.recalibrate_fraction)
+        if kept is not None and not force:
+            return kept
+        snapshot = collection.snapshot_of(sharded)
+        return stamp(calibrate(snapshot, collection.config, collection.analyzer, collection.embedder), sharded)
 
     @property
     def report(self) -> WriteReport:

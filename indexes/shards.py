@@ -91,6 +91,7 @@ class ShardedManifest:
     chunks: int = 0
     created_at: float = 0.0
     stats: GlobalStats = field(default_factory=GlobalStats)
+    fusion: dict | None = None  # calibrated on the whole sharded collection at commit (indexes.calibration)
 
     @classmethod
     def from_json(cls, text: str) -> "ShardedManifest":

@@ -15,7 +15,7 @@ from typing import IO, TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from indexes.calibration import calibrate
+from indexes.calibration import calibrate, keep_calibration, stamp
 from indexes.chunk_store import DocumentEntry
 from indexes.documents import SourceDocument, non_finite_number
 from indexes.durable import failpoint
@@ -95,6 +95,9 @@ class CollectionWriter:
         self._pending: OrderedDict[str, PendingDocument] = OrderedDict()
         self._pending_chunks = 0
         self._changed = False
+        self._changed_rows = 0  # chunks written or tombstoned since the last commit (recalibration)
+        self._calibration = self._base.manifest.fusion  # the stored calibration the next commit may keep
+        self._force_calibration = False
         self.report = WriteReport()
 
     # -- document operations ---------------------------------------------------------------
@@ -121,7 +124,8 @@ class CollectionWriter:
             self.report.unchanged += 1
             return "unchanged"
         chunks = self._collection.chunker.split(document)
-        analyzer, weight = self._collection.analyzer, self._collection.config.bm25.title_weight
+        weight = self._collection.config.bm25.title_weight
+        analyzer = self._collection.analyzer.for_document(f"{document.title}\n{document.text}")
         title_terms = analyzer.terms(document.title) * weight if document.title else []
         terms = [title_terms + analyzer.terms(c.text) for c in chunks]
         if pending is not None:
@@ -155,6 +159,7 @@ class CollectionWriter:
 
     def _tombstone(self, doc_id: str) -> None:
         segment_id, entry = self._docs.pop(doc_id)
+        self._changed_rows += entry.rows
         self._deleted.setdefault(segment_id, set()).update(range(entry.first_row, entry.first_row + entry.rows))
 
     # -- persistence -----------------------------------------------------------------------
@@ -180,6 +185,7 @@ class CollectionWriter:
         for entry in segment.documents():
             self._docs[entry.doc_id] = (segment.id, entry)
         self.report.chunks_written += len(chunks)
+        self._changed_rows += len(chunks)
         self._pending.clear()
         self._pending_chunks = 0
 
@@ -205,6 +211,7 @@ class CollectionWriter:
                             chunks=sum(r.rows - r.deleted for r in refs))
         manifest.fusion = self._calibrate(manifest, segments, deletes)
         commit_generation(folder, manifest, deletes)
+        self._calibration, self._changed_rows, self._force_calibration = manifest.fusion, 0, False
         failpoint("after-commit")
         collect_garbage(folder, self._collection.config.keep_generations)
         self._segments = segments
@@ -212,23 +219,36 @@ class CollectionWriter:
         self.report.generation = manifest.generation
         return manifest
 
+    @property
+    def changes_since_commit(self) -> int:
+        """Chunks written or tombstoned since the last commit (after a flush: pending ones excluded)."""
+        return self._changed_rows
+
     def recalibrate(self) -> Manifest | None:
         """Publish the same content as a new generation with a freshly measured fusion calibration
         (e.g. for collections committed before calibration existed); None when it is empty."""
         if not self._segments and not self._pending:
             return None
         self._changed = True
+        self._force_calibration = True
         return self.commit()
 
     def _calibrate(self, manifest: Manifest, segments: list[Segment], deletes: dict[str, np.ndarray]) -> dict | None:
-        """Fusion settings measured on the generation about to be published (indexes.calibration)."""
+        """Fusion settings for the generation about to be published (indexes.calibration): the stored
+        calibration while the collection changed by at most `recalibrate_fraction` of the chunks it was
+        measured on (a small upsert keeps it, instead of paying seconds of pseudo-queries per commit),
+        otherwise measured again on this generation."""
         collection = self._collection
-        if not collection.config.fusion.calibrate:
+        fusion = collection.config.fusion
+        if not fusion.calibrate:
             return None
+        kept = keep_calibration(self._calibration, self._changed_rows, fusion.recalibrate_fraction)
+        if kept is not None and not self._force_calibration:
+            return kept
         self._progress.start("calibrating fusion", None)
         snapshot = Snapshot(collection.folder, manifest, segments, deletes)
         found = calibrate(snapshot, collection.config, collection.analyzer, collection.embedder)
-        return found.to_dict() if found else None
+        return stamp(found, manifest)
 
     def _merge(self, segments: list[Segment]) -> Segment:
         self._progress.start(f"merging {len(segments)} segments", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -28,11 +29,22 @@ class Retriever:
         self._query_batcher: QueryBatcher | None = None
 
     def embed_query(self, query: str) -> np.ndarray:
+        return self._embed_later(query)()
+
+    def _embed_later(self, query: str) -> Callable[[], np.ndarray]:
+        """Start embedding `query` (unless cached) and return what waits for, caches and returns it.
+        A subclass that replaces `embed_query` (tests, custom vectors) is called as it is, in order."""
+        if type(self).embed_query is not Retriever.embed_query:
+            return lambda: self.embed_query(query)
         with self._lock:
             if query in self._vectors:
                 self._vectors.move_to_end(query)
-                return self._vectors[query]
-        vector = self._batcher().embed(query)
+                cached = self._vectors[query]
+                return lambda: cached
+        future = self._batcher().submit(query)
+        return lambda: self._remember(query, future.result())
+
+    def _remember(self, query: str, vector: np.ndarray) -> np.ndarray:
         with self._lock:
             self._vectors[query] = vector
             if len(self._vectors) > _QUERY_CACHE:
@@ -53,15 +65,18 @@ class Retriever:
         timings: dict[str, float] = {}
         lists: dict[str, list[ScoredRow]] = {}
         terms, term_weights, vector = [], np.zeros(0), None
+        started = time.perf_counter()
+        pending = self._embed_later(request.query) if request.mode in ("dense", "hybrid") else None
+        submitted = _ms(started)
         if request.mode in ("bm25", "hybrid"):
             started = time.perf_counter()
             terms, term_weights = snapshot.bm25_query(self.collection.analyzer, config.bm25, request.query)
             lists["bm25"] = snapshot.bm25_top_k(config.bm25, terms, term_weights, candidates, request.filters)
             timings["bm25"] = _ms(started)
-        if request.mode in ("dense", "hybrid"):
+        if pending is not None:  # embedding ran alongside BM25: "embed" is only the wait left after it
             started = time.perf_counter()
-            vector = self.embed_query(request.query)
-            timings["embed"] = _ms(started)
+            vector = pending()
+            timings["embed"] = submitted + _ms(started)
             started = time.perf_counter()
             lists["dense"] = snapshot.dense(vector, candidates, config.dense.ef_search, request.filters)
             timings["dense"] = _ms(started)

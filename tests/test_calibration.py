@@ -87,7 +87,9 @@ def test_calibration_is_reproducible_for_a_seed_and_stored_in_the_generation(unk
     first = calibrate(snapshot, collection.config, collection.analyzer, collection.embedder)
     again = calibrate(snapshot, collection.config, collection.analyzer, collection.embedder)
     assert first is not None and first == again
-    assert first.to_dict() == snapshot.manifest.fusion
+    stored = snapshot.manifest.fusion
+    assert first.to_dict() == {k: v for k, v in stored.items() if k in first.to_dict()}
+    assert stored["calibrated_generation"] == snapshot.generation and stored["changed_chunks"] == 0
     assert FusionCalibration.from_dict(json.loads(json.dumps(first.to_dict()))) == first
     assert first.probes >= 100 and len(first.curve) == 11
     other = collection.config.model_copy(update={"fusion": FusionConfig(calibration_seed=5)})
@@ -105,7 +107,10 @@ def test_index_stats_reports_the_calibrated_fusion_and_calibrate_reproduces_it(u
     assert set(fusion["ndcg"]) == {"bm25", "dense", "hybrid", "default"}
     again = run_mighty(home.root, "index", "calibrate", "pseudo", "--json")
     assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout) == fusion  # same content and seed: the same measurement
+    remeasured = json.loads(again.stdout)  # same content and seed: the same measurement, on a new generation
+    assert remeasured.pop("calibrated_generation") == fusion.pop("calibrated_generation") + 1
+    remeasured.pop("calibration"), fusion.pop("calibration")
+    assert remeasured == fusion
     assert collection.snapshot().generation == stats["generation"] + 1
 
 
@@ -133,3 +138,66 @@ def test_fusion_at_the_end_weights_ranks_exactly_as_that_retriever():
             assert used[name] == 1.0
             np.testing.assert_array_equal(np.argsort(-fused, kind="mergesort"),
                                           np.argsort(-scores[name], kind="mergesort"))
+
+
+def test_a_small_upsert_keeps_the_stored_calibration_and_a_large_change_measures_again(tmp_path, monkeypatch):
+    import indexes.writer
+
+    docs, _ = _pseudo_language(documents=140)
+    collection = Home(tmp_path).create(CollectionConfig(name="growing"))
+    with collection.writer() as writer:
+        for document in docs[:120]:
+            writer.upsert(document)
+        writer.commit()
+    first = collection.stats()["fusion"]
+    assert first["calibrated_generation"] == 1 and first["calibrated_chunks"] == 120
+    assert first["calibration"].startswith("measured on this generation")
+
+    calls = []
+    measure = indexes.writer.calibrate
+    monkeypatch.setattr(indexes.writer, "calibrate", lambda *a: calls.append(1) or measure(*a))
+    with collection.writer() as writer:  # 1 new + 1 replaced chunk: 3 changed of 120, under 10%
+        writer.upsert(docs[120])
+        writer.upsert(SourceDocument(docs[0].id, docs[0].text + " " + docs[1].text, title=""))
+        writer.commit()
+    kept = collection.stats()["fusion"]
+    assert calls == [] and collection.snapshot().generation == 2
+    assert kept["changed_chunks"] == 3 and kept["calibrated_generation"] == 1
+    assert {k: kept[k] for k in ("dense_weight", "normalisation", "ndcg")} == \
+        {k: first[k] for k in ("dense_weight", "normalisation", "ndcg")}
+    assert kept["calibration"].startswith("kept from generation 1: 3 chunks changed")
+
+    with collection.writer() as writer:  # 3 + 19 = 22 changed of 120: over 10%, measured again
+        for document in docs[121:140]:
+            writer.upsert(document)
+        writer.commit()
+    again = collection.stats()["fusion"]
+    assert calls == [1]
+    assert again["calibrated_generation"] == 3 and again["calibrated_chunks"] == 140 and again["changed_chunks"] == 0
+    assert again["dense_weight"] == 0.0  # still a language the embedder cannot read
+
+
+def test_a_sharded_collection_calibrates_on_the_whole_collection_and_fuses_with_it(unknown_language):
+    home, single, queries = unknown_language
+    docs, _ = _pseudo_language()
+    sharded = home.create(CollectionConfig(name="pseudo-sharded", shards=3))
+    with sharded.writer() as writer:
+        for document in docs:
+            writer.upsert(document)
+        writer.commit()
+    sharded = Home(home.root).open("pseudo-sharded")  # read back from disk
+    fusion = sharded.stats()["fusion"]
+    assert fusion["source"] == "calibrated" and fusion["calibrated_generation"] == sharded.snapshot().generation
+    assert fusion["calibrated_chunks"] == 120 and fusion["dense_weight"] == 0.0
+    assert all(shard.snapshot().manifest.fusion is None for shard in sharded.shards)  # measured once, not per shard
+
+    split, whole = Retriever(sharded), Retriever(single)
+    for query in queries.values():
+        result = split.search(RetrievalRequest(query=query, mode="hybrid", top_k=10))
+        assert result.weights["dense"] == 0.0  # fused with the stored calibration, not the configured 0.6
+        # rows fused to 0 (found by dense only, weight 0) tie, and ties are ordered by storage position
+        hits = [(h.id, round(h.score, 6)) for h in result.hits if h.score > 0]
+        assert hits and hits == [(h.id, round(h.score, 6)) for h in
+                                 whole.search(RetrievalRequest(query=query, mode="hybrid", top_k=10)).hits if h.score > 0]
+    configured = split.search(RetrievalRequest(query=query, mode="hybrid", top_k=10, dense_weight=0.6, adaptive=False))
+    assert configured.weights["dense"] == 0.6  # the control: an explicit weight is honoured

@@ -31,3 +31,16 @@ def test_onnx_export_is_cached():
     again.encode(["again"])
     assert again.onnx_path == model and model.stat().st_mtime_ns == before
     assert not list(model.parent.glob(".*.tmp"))
+
+
+def test_length_sorted_batches_come_back_in_input_order_and_equal_one_by_one():
+    from indexes.onnx_embedder import OnnxEmbedder
+
+    rng = np.random.default_rng(4)
+    words = "otters thermometer generations readers mercury hands sleep index".split()
+    texts = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(1, 60, 23)]  # mixed lengths, unsorted
+    embedder = OnnxEmbedder(EmbedderConfig(backend="onnx", batch_size=4))  # 6 batches, each padded to its longest
+    together = embedder.encode(texts)
+    alone = np.stack([embedder.encode([text])[0] for text in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    assert len({round(float(v), 4) for v in together[:, 0]}) > 15  # distinct rows: a reordering would show

