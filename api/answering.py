@@ -105,7 +105,7 @@ async def complete(pipeline: AnswerPipeline, prepared: Prepared) -> AnswerRespon
     try:
         with STAGE_SECONDS.labels("llm").time():
             completion = await asyncio.wait_for(run_in_threadpool(pipeline.generate, prepared),
-                                                prepared.options.timeout_s + 5)
+                                                _deadline(prepared.options))
     except (TimeoutError, llm.LLMTimeout):
         raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT,
                             {"stage": "llm", "message": f"model {prepared.options.model!r} took longer than "
@@ -118,6 +118,12 @@ async def complete(pipeline: AnswerPipeline, prepared: Prepared) -> AnswerRespon
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, {"stage": "router", "message": str(exc)}) from None
     count_cascade(prepared)
     return await run_in_threadpool(pipeline.finish, prepared, completion.text, completion)
+
+
+def _deadline(options: llm.LLMOptions) -> float:
+    """Seconds a whole generation may take: each model call has the timeout; a cascade makes up to
+    three in a row (small answer, its verification, large answer)."""
+    return options.timeout_s * (3 if cascade_spec.is_cascade(options.model) else 1) + 5
 
 
 async def stream_tokens(pipeline: AnswerPipeline, prepared: Prepared,

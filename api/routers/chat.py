@@ -58,7 +58,8 @@ async def chat_completions(body: ChatRequest, state: ServiceState = Depends(get_
         if not question.strip():
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "a rag: model needs a non-empty user message")
         try:
-            options = llm_options(state, collection, None, principal, max_tokens=max_tokens, temperature=temperature)
+            options = llm_options(state, collection, body.llm, principal, max_tokens=max_tokens,
+                                  temperature=temperature)
         except CollectionNotFound as exc:
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
         pipeline, prepared = await prepare(state, collection, question, body.top_k, "hybrid", None, options,
