@@ -25,7 +25,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -36,8 +36,16 @@ from rag.citations import split_sentences
 from rag.context import Source
 from rag.prompts import verify_messages
 
-if TYPE_CHECKING:
-    from rag.pipeline import Prepared
+
+class Prepared(Protocol):
+    """What a cascade needs of `rag.pipeline.Prepared` (named here so the pipeline, which calls the
+    cascade, is not imported back by it)."""
+
+    options: llm.LLMOptions
+    messages: list[dict]
+    sources: list[Source]
+    retrieval: Any  # rag.schemas.RetrievalResult: its query feeds the router
+    cascade: Any  # receives the CascadeReport
 
 _ABSTAIN = re.compile(r"\b(do not|don't|does not|doesn't|cannot|can't|unable to) (know|find|say|tell|determine|"
                       r"contain|mention|provide|answer)\b|\bnot (mentioned|stated|specified|provided)\b",
@@ -151,14 +159,14 @@ def _encoder(collection: Any) -> Callable[[Sequence[str]], np.ndarray]:
     return lambda texts: collection.embedder.encode(list(texts))
 
 
-def judge(spec: CascadeSpec, prepared: "Prepared", collection: Any, answer: str) -> tuple[float, Stage]:
+def judge(spec: CascadeSpec, prepared: Prepared, collection: Any, answer: str) -> tuple[float, Stage]:
     """The confidence of a small answer under the spec's policy (verify or faithfulness)."""
     if spec.policy == "verify":
         return verify_confidence(stage_options(prepared.options, spec, False), prepared.messages, answer, spec.samples)
     return faithfulness_confidence(answer, prepared.sources, _encoder(collection))
 
 
-def run(spec: CascadeSpec, prepared: "Prepared", collection: Any) -> llm.Completion:
+def run(spec: CascadeSpec, prepared: Prepared, collection: Any) -> llm.Completion:
     """The accepted completion; `prepared.cascade` receives the report."""
     text = "".join(stream(spec, prepared, collection, None))
     report: CascadeReport = prepared.cascade
@@ -166,7 +174,7 @@ def run(spec: CascadeSpec, prepared: "Prepared", collection: Any) -> llm.Complet
                           sum(s.completion_tokens for s in report.stages))
 
 
-def stream(spec: CascadeSpec, prepared: "Prepared", collection: Any, usage: dict[str, int] | None) -> Iterator[str]:
+def stream(spec: CascadeSpec, prepared: Prepared, collection: Any, usage: dict[str, int] | None) -> Iterator[str]:
     """Deltas of the accepted answer only; `prepared.cascade` holds the report when it ends."""
     report = CascadeReport(spec.policy, spec.threshold, spec.small, spec.large)
     prepared.cascade = report
