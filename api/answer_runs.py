@@ -68,6 +68,8 @@ def _options(state: ServiceState, run: AnswerRun) -> llm.LLMOptions:
                                      api_key=run.api_key, max_tokens=run.max_tokens)
     except CollectionNotFound as exc:
         raise RunRefused(str(exc)) from None
+    except HTTPException as exc:  # a model string (or cascade) the service would refuse with 4xx
+        raise RunRefused(_detail(exc)) from None
 
 
 def _warm_up(state: ServiceState, run: AnswerRun, options: llm.LLMOptions) -> None:

@@ -11,10 +11,10 @@ from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from api import card_knowledge
 from api.keys import Principal
-from api.metrics import STAGE_SECONDS
+from api.metrics import CASCADE_ANSWERS, CASCADE_ESCALATIONS, STAGE_SECONDS
 from api.state import ServiceState, runs_locally
 from indexes.collection import CollectionNotFound
-from rag import llm
+from rag import cascade_router, cascade_spec, llm
 from rag.pipeline import AnswerPipeline, AnswerResponse, Prepared
 from experts.routing import CardsChoice
 from experts.selectors import SelectorSettings
@@ -45,7 +45,23 @@ def llm_options(state: ServiceState, collection: str | None, model: str | None, 
             llm.check_model(name, options.api_base)
     except llm.LLMModelError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    if collection and cascade_spec.is_cascade(options.model) and cascade_spec.parse(options.model).policy == "router":
+        try:  # a router policy needs the collection's trained router: refuse before any retrieval
+            cascade_router.load(state.collection(collection).folder)
+        except cascade_router.RouterError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"collection {collection!r}: {exc}") from None
     return options
+
+
+def count_cascade(prepared: Prepared) -> None:
+    """Prometheus: cascade answers per collection and who gave them, and the escalations."""
+    report = prepared.cascade
+    if report is None or not report.answered_by:
+        return
+    collection = prepared.retrieval.collection
+    CASCADE_ANSWERS.labels(collection, report.policy, "large" if report.escalated else "small").inc()
+    if report.escalated:
+        CASCADE_ESCALATIONS.labels(collection, report.policy).inc()
 
 
 def check_limits(state: ServiceState, query: str, top_k: int) -> None:
@@ -89,7 +105,7 @@ async def complete(pipeline: AnswerPipeline, prepared: Prepared) -> AnswerRespon
     try:
         with STAGE_SECONDS.labels("llm").time():
             completion = await asyncio.wait_for(run_in_threadpool(pipeline.generate, prepared),
-                                                prepared.options.timeout_s + 5)
+                                                _deadline(prepared.options))
     except (TimeoutError, llm.LLMTimeout):
         raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT,
                             {"stage": "llm", "message": f"model {prepared.options.model!r} took longer than "
@@ -98,7 +114,16 @@ async def complete(pipeline: AnswerPipeline, prepared: Prepared) -> AnswerRespon
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, {"stage": "llm", "message": str(exc)}) from None
     except llm.LLMError as exc:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, {"stage": "llm", "message": str(exc)}) from None
+    except cascade_router.RouterError as exc:  # the router file changed after the request was checked
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, {"stage": "router", "message": str(exc)}) from None
+    count_cascade(prepared)
     return await run_in_threadpool(pipeline.finish, prepared, completion.text, completion)
+
+
+def _deadline(options: llm.LLMOptions) -> float:
+    """Seconds a whole generation may take: each model call has the timeout; a cascade makes up to
+    three in a row (small answer, its verification, large answer)."""
+    return options.timeout_s * (3 if cascade_spec.is_cascade(options.model) else 1) + 5
 
 
 async def stream_tokens(pipeline: AnswerPipeline, prepared: Prepared,
@@ -110,3 +135,8 @@ async def stream_tokens(pipeline: AnswerPipeline, prepared: Prepared,
             yield "token", delta
     except (llm.LLMTimeout, llm.LLMError) as exc:
         yield "error", json.dumps({"stage": "llm", "message": str(exc)})
+        return
+    except cascade_router.RouterError as exc:
+        yield "error", json.dumps({"stage": "router", "message": str(exc)})
+        return
+    count_cascade(prepared)

@@ -100,3 +100,5 @@ class ChatRequest(BaseModel):
     top_k: int = Field(5, ge=1, description="Mighty extension: sources for rag: models")
     cards: CardsChoice | None = Field(None, description='Mighty extension for rag: models: "auto", "none" or '
                                                         'card names')
+    llm: str | None = Field(None, description="Mighty extension for rag: models: the answering model (a cascade "
+                                              "too); default: the collection's, then the server's")

@@ -16,6 +16,7 @@ from experts.fusion.cards import use_registry
 from experts.registry import CardRegistry
 from indexes.collection import Collection, CollectionBroken, Home
 from indexes.names import InvalidCollectionName
+from rag import cascade_spec
 from rag.pipeline import AnswerPipeline
 from rag.retriever import Retriever
 
@@ -62,7 +63,14 @@ class RateLimiter:
 
 
 def runs_locally(model: str) -> bool:
-    """In-process CPU models, which get smaller context and answer budgets than hosted ones."""
+    """In-process CPU models, which get smaller context and answer budgets than hosted ones. A cascade
+    with a local side gets them too: both sides see one prompt, and it must fit the local model."""
+    if cascade_spec.is_cascade(model):
+        try:
+            spec = cascade_spec.parse(model)
+        except cascade_spec.CascadeSpecError:
+            return False  # refused with its reason by rag.llm.check_model
+        return runs_locally(spec.small) or runs_locally(spec.large)
     return model.startswith(("local/", "fusion:", "fusion/"))
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from indexes.analyzer import Analyzer
 from indexes.chunking import TokenChunker, load_fast_tokenizer
 from indexes.config import CollectionConfig
-from indexes.durable import publish_folder
+from indexes.durable import atomic_write_text, publish_folder
 from indexes.embedder_allowlist import EmbedderAllowList, EmbedderNotAllowed
 from indexes.embedders import Embedder, load_embedder, resolve_model
 from indexes.generations import Manifest, current_generation, list_generations, read_generation
@@ -258,6 +258,21 @@ class Home:
             kind = ShardedCollection if config.shards > 1 else Collection
             self._open[name] = kind(folder, config, self.embedders())
             return self._open[name]
+
+    def update_config(self, name: str, **changes: object) -> Collection:
+        """Change settings that do not touch the index (the default LLM, say): validated as a whole, written
+        under the collection's write lock with the crash-safe replace, then reopened with them."""
+        folder = collection_folder(self.collections_dir, name)
+        collection = self.open(name)
+        lock = lock_for_writing(folder, name)
+        try:
+            config = CollectionConfig.model_validate({**collection.config.model_dump(), **changes})
+            atomic_write_text(folder / "collection.json", config.model_dump_json(indent=2))
+        finally:
+            lock.close()
+        with self._lock:
+            self._open.pop(name, None)
+        return self.open(name)
 
     def open_or_create(self, config: CollectionConfig) -> Collection:
         try:

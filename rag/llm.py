@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field
 
+from rag import cascade_spec
+
 
 # LiteLLM fetches a model price list at import unless told to use its bundled copy; this process
 # may have no network, and a price list is no reason to wait.
@@ -31,6 +33,7 @@ class LLMOptions(BaseModel):
     retries: int = 1
     max_tokens: int = 256
     temperature: float = 0.0
+    seed: int | None = None  # for reproducible samples (cascade self-verification samples at temperature 1)
 
 
 @dataclass
@@ -59,7 +62,18 @@ _LOCAL_PREFIXES = ("local/", "fusion:", "fusion/")
 
 
 def check_model(model: str, api_base: str | None = None) -> None:
-    """Refuse a model string LiteLLM cannot route, before any retrieval or generation work is done."""
+    """Refuse a model string LiteLLM cannot route, before any retrieval or generation work is done.
+
+    A cascade (`cascade:<small>><large>...`, parsed only by rag.cascade_spec) is checked here too:
+    its syntax, policy and threshold, then each of its two models like any other."""
+    if cascade_spec.is_cascade(model):
+        try:
+            spec = cascade_spec.parse(model)
+        except cascade_spec.CascadeSpecError as exc:
+            raise LLMModelError(str(exc)) from None
+        for side in (spec.small, spec.large):
+            check_model(side, api_base)
+        return
     if model.startswith(_LOCAL_PREFIXES):
         return
     import litellm
@@ -100,6 +114,8 @@ def _arguments(options: LLMOptions, messages: list[dict], stream: bool) -> dict:
     import litellm
 
     model = options.model
+    if cascade_spec.is_cascade(model):  # two models and a policy: rag.cascade runs them, over a collection
+        raise LLMModelError(f"{model!r} is a cascade; it answers over a collection (/v1/query, rag:<collection>)")
     if model.startswith("fusion:"):  # base + expert cards fused in-process, token by token
         model = "fusion/" + model[len("fusion:"):]
     with _PROVIDERS_LOCK:
@@ -117,6 +133,8 @@ def _arguments(options: LLMOptions, messages: list[dict], stream: bool) -> dict:
         arguments["api_key"] = options.api_key
     if options.fallbacks:
         arguments["fallbacks"] = options.fallbacks
+    if options.seed is not None:
+        arguments["seed"] = options.seed
     return arguments
 
 

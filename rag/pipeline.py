@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 from pydantic import BaseModel, Field
 
-from rag import llm
+from rag import cascade, cascade_spec, llm
 from rag.citations import Citation, attribute
 from rag.context import Source, assemble
 from rag.prompts import answer_messages
@@ -41,6 +41,8 @@ class AnswerResponse(BaseModel):
     cards: dict | None = Field(None, description="expert cards considered for this answer, why, and what "
                                                  "their selectors kept or dropped")
     timings: dict[str, float] = Field(default_factory=dict, description="milliseconds per stage")
+    cascade: dict | None = Field(None, description="cascade models only: policy, threshold, confidence, which "
+                                                   "model answered, and the latency and tokens of each stage")
 
 
 @dataclass
@@ -51,6 +53,7 @@ class Prepared:
     options: llm.LLMOptions
     timings: dict[str, float] = field(default_factory=dict)
     cards: dict | None = None
+    cascade: cascade.CascadeReport | None = None  # filled in when a cascade model generates
 
 
 class AnswerPipeline:
@@ -79,13 +82,20 @@ class AnswerPipeline:
 
     def generate(self, prepared: Prepared) -> llm.Completion:
         started = time.perf_counter()
-        completion = llm.complete(prepared.options, prepared.messages)
+        if cascade_spec.is_cascade(prepared.options.model):
+            completion = cascade.run(cascade_spec.parse(prepared.options.model), prepared, self.retriever.collection)
+        else:
+            completion = llm.complete(prepared.options, prepared.messages)
         prepared.timings["llm"] = _ms(started)
         return completion
 
     def stream(self, prepared: Prepared, usage: dict[str, int] | None = None) -> Iterator[str]:
         started = time.perf_counter()
-        yield from llm.stream(prepared.options, prepared.messages, usage)
+        if cascade_spec.is_cascade(prepared.options.model):
+            yield from cascade.stream(cascade_spec.parse(prepared.options.model), prepared,
+                                      self.retriever.collection, usage)
+        else:
+            yield from llm.stream(prepared.options, prepared.messages, usage)
         prepared.timings["llm"] = _ms(started)
 
     def finish(self, prepared: Prepared, text: str, completion: llm.Completion | None = None) -> AnswerResponse:
@@ -97,12 +107,15 @@ class AnswerPipeline:
         usage = {}
         if completion is not None:
             usage = {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens}
+        model = completion.model if completion else prepared.options.model
+        report = prepared.cascade.as_dict() if prepared.cascade is not None else None
+        if report is not None:
+            model = report["answered_by"] or model
         return AnswerResponse(
             answer=answer, citations=[_citation(c) for c in citations],
-            sources=[_citation(Citation(s)) for s in prepared.sources],
-            model=completion.model if completion else prepared.options.model,
+            sources=[_citation(Citation(s)) for s in prepared.sources], model=model,
             collection=prepared.retrieval.collection, generation=prepared.retrieval.generation,
-            usage=usage, cards=prepared.cards, timings=prepared.timings)
+            usage=usage, cards=prepared.cards, timings=prepared.timings, cascade=report)
 
     def answer(self, query: str, options: llm.LLMOptions, top_k: int = 5, mode: Mode = "hybrid",
                filters: Filters | None = None) -> AnswerResponse:

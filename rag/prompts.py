@@ -57,3 +57,26 @@ def answer_messages(question: str, sources: Sequence[Source]) -> list[dict[str, 
                                              question=fence(question))
     roles = {"system": "system", "human": "user", "ai": "assistant"}
     return [{"role": roles[m.type], "content": m.content} for m in messages]
+
+
+# AutoMix-style self-verification (Madaan et al. 2023): after answering, the same model is asked,
+# with a few worked examples, whether its answer is supported by the sources. The request follows
+# the answer turn, so a local runtime reuses the whole answer prompt from its KV cache and pays only
+# for the answer and these few lines; each sampled verdict then costs one or two tokens.
+VERIFY_PROMPT = (
+    "Check the answer you just gave against the sources. Reply yes if the sources state what the answer "
+    "says and it answers the question; reply no if the sources do not say it, the answer is about "
+    "something else, or it says it does not know.\n"
+    "Example: sources say \"the default port is 8080\"; question: which port is the default?; "
+    "answer: \"The default port is 8080 [1].\" Verdict: yes\n"
+    "Example: sources say \"the default port is 8080\"; question: which port is the default?; "
+    "answer: \"The default port is 3000 [1].\" Verdict: no\n"
+    "Example: sources say \"names use lowercase letters\"; question: how long may a name be?; "
+    "answer: \"The sources do not say.\" Verdict: no\n"
+    "Reply with one word, yes or no. Verdict:"
+)
+
+
+def verify_messages(answer_prompt: Sequence[dict[str, str]], answer: str) -> list[dict[str, str]]:
+    """The answer conversation continued by the answer and the few-shot verification request."""
+    return [*answer_prompt, {"role": "assistant", "content": answer}, {"role": "user", "content": VERIFY_PROMPT}]

@@ -10,6 +10,7 @@ import typer
 from api.cli.context import EXIT_REJECTED, RichProgress, err, fail, home_from
 from indexes.collection import Home
 from indexes.config import CollectionConfig, EmbedderConfig
+from rag.cascade_spec import is_cascade
 from rag.evaluation import BeirDataset, DatasetError, build_index, evaluate
 
 app = typer.Typer(help="Measure retrieval and answer quality.", no_args_is_help=True)
@@ -58,7 +59,7 @@ def answers(ctx: typer.Context, qa: Path = typer.Argument(..., help="QA JSONL: i
             as_json: bool = typer.Option(False, "--json")) -> None:
     """Answer every question through the service's answer pipeline and score the answers: accuracy,
     token F1, citation accuracy, retrieval hit@k, faithfulness, latency and tokens/s."""
-    from api.answer_runs import AnswerRun, RunRefused, evaluate_answers
+    from api.answer_runs import AnswerRun, RunRefused, _options, evaluate_answers
     from api.settings import ServiceSettings
     from api.state import ServiceState
     from rag.answer_eval import QAError, load_qa, summarise
@@ -76,6 +77,14 @@ def answers(ctx: typer.Context, qa: Path = typer.Argument(..., help="QA JSONL: i
         raise fail(f"{qa}: no valid question to evaluate", code=EXIT_REJECTED)
     run = AnswerRun(collection, llm, _cards(cards), top_k, api_base, api_key, max_tokens)
     state = ServiceState(ServiceSettings(home=home_from(ctx).root))
+    try:
+        resolved = _options(state, run).model
+    except RunRefused as exc:
+        state.close()
+        raise fail(str(exc)) from None
+    if is_cascade(resolved):
+        _cascade_answers(state, run, items, qa, out, as_json, rejected)
+        return
     sink = open(out, "w", encoding="utf-8") if out else None
     try:
         with RichProgress() as progress:
@@ -94,6 +103,51 @@ def answers(ctx: typer.Context, qa: Path = typer.Argument(..., help="QA JSONL: i
             print(f"{key:>24}  {value}")
     if rejected or report["errors"]:
         raise typer.Exit(EXIT_REJECTED)
+
+
+def _cascade_answers(state, run, items, qa: Path, out: Path | None, as_json: bool, rejected: list[str]) -> None:
+    """A cascade: run small, confidences and large once per question, then print the swept curve."""
+    from api.answer_runs import RunRefused
+    from api.cascade_runs import evaluate_cascade
+    from rag import cascade_curve
+
+    sink = open(out, "w", encoding="utf-8") if out else None
+    try:
+        with RichProgress() as progress:
+            model, records = evaluate_cascade(state, run, items, progress, on_record=_writer(sink))
+    except RunRefused as exc:
+        raise fail(str(exc)) from None
+    finally:
+        if sink:
+            sink.close()
+        state.close()
+    report = cascade_curve_report(records, model)
+    report = {"qa": qa.name, "collection": run.collection, "top_k": run.top_k, **report}
+    if as_json:
+        print(json.dumps(report))
+    else:
+        print(f"cascade {model} on {qa.name}: {len(records)} questions")
+        for policy, points in report["curves"].items():
+            rows = [cascade_curve.Point(**p) for p in [*report["baselines"], *points]]
+            print(f"\npolicy {policy}\n{cascade_curve.table(rows)}")
+    errors = sum(r.small.error is not None or r.large.error is not None for r in records)
+    if rejected or errors:
+        raise typer.Exit(EXIT_REJECTED)
+
+
+def cascade_curve_report(records, model: str) -> dict:
+    """Baselines, the curve of every policy that was scored, and the figures at the spec's threshold."""
+    from rag import cascade_curve
+    from rag.cascade_spec import parse
+
+    spec = parse(model)
+    small, large = cascade_curve.baselines(records)
+    curves = {p: cascade_curve.as_dicts(cascade_curve.sweep(records, p)) for p in cascade_curve.policies(records)}
+    chosen = (cascade_curve.as_dicts([cascade_curve.at(records, spec.policy, spec.threshold)])[0]
+              if spec.policy in curves else None)
+    overhead = {p: round(sum(r.overhead_ms.get(p, 0.0) for r in records) / max(len(records), 1), 1) for p in curves}
+    return {"model": model, "questions": len(records), "baselines": cascade_curve.as_dicts([small, large]),
+            "at_threshold": chosen, "policy_overhead_ms": overhead, "curves": curves}
 
 
 def _cards(value: str | None):

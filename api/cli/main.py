@@ -12,8 +12,8 @@ from pathlib import Path
 
 import typer
 
-from api.cli import (card_commands, eval_commands, fusion_commands, index_commands, search_commands,
-                     serve_commands, train_commands)
+from api.cli import (card_commands, cascade_commands, eval_commands, fusion_commands, index_commands,
+                     search_commands, serve_commands, train_commands)
 from api import providers
 from api.cli.context import quiet_models
 
@@ -22,6 +22,7 @@ app = typer.Typer(name="mighty", help="Mighty: retrieval and small expert models
 app.add_typer(index_commands.app, name="index")
 app.add_typer(eval_commands.app, name="eval")
 app.add_typer(fusion_commands.app, name="fusion")
+app.add_typer(cascade_commands.app, name="cascade")
 app.command("search")(search_commands.search)
 app.command("demo")(search_commands.demo)
 app.command("serve")(serve_commands.serve)

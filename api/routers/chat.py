@@ -21,7 +21,7 @@ from api.keys import Principal
 from api.schemas import ChatRequest
 from api.state import ServiceState
 from indexes.collection import CollectionNotFound
-from rag import llm
+from rag import cascade_spec, llm
 from rag.pipeline import Prepared
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -48,13 +48,18 @@ async def chat_completions(body: ChatRequest, state: ServiceState = Depends(get_
         from api.routers.fusion import chat_completion
 
         return await chat_completion(body, state, completion_id)
+    if cascade_spec.is_cascade(body.model):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            "a cascade answers over a collection: set it as the collection's default_llm and ask "
+                            "model rag:<collection>, or send it as llm to /v1/query")
     if body.model.startswith(RAG_PREFIX):
         collection = body.model[len(RAG_PREFIX):]
         question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         if not question.strip():
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "a rag: model needs a non-empty user message")
         try:
-            options = llm_options(state, collection, None, principal, max_tokens=max_tokens, temperature=temperature)
+            options = llm_options(state, collection, body.llm, principal, max_tokens=max_tokens,
+                                  temperature=temperature)
         except CollectionNotFound as exc:
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
         pipeline, prepared = await prepare(state, collection, question, body.top_k, "hybrid", None, options,
@@ -69,6 +74,8 @@ async def chat_completions(body: ChatRequest, state: ServiceState = Depends(get_
         response = envelopes.completion(completion_id, body.model, answer.answer, usage, citations=citations)
         if answer.cards is not None:
             response["cards"] = answer.cards
+        if answer.cascade is not None:
+            response["cascade"] = answer.cascade
         return response
     options = llm_options(state, None, body.model, principal, max_tokens=max_tokens, temperature=temperature)
     if body.stream:
@@ -92,7 +99,7 @@ async def _rag_chunks(completion_id: str, model: str, pipeline, prepared: Prepar
             return
         yield envelopes.chunk(completion_id, model, {"content": payload})
     answer = await run_in_threadpool(pipeline.finish, prepared, "".join(collected))
-    extra = {"cards": answer.cards} if answer.cards is not None else {}
+    extra = {key: value for key, value in (("cards", answer.cards), ("cascade", answer.cascade)) if value is not None}
     yield envelopes.chunk(completion_id, model, {}, "stop", citations=[c.model_dump() for c in answer.citations], **extra)
     yield envelopes.DONE
 

@@ -14,6 +14,7 @@ from api.state import Job, ServiceState
 from indexes.collection import CollectionBroken, CollectionExists, CollectionNotFound
 from indexes.config import BM25Config, ChunkingConfig, CollectionConfig, EmbedderConfig
 from indexes.documents import SourceDocument
+from rag import llm
 
 router = APIRouter(prefix="/v1", tags=["collections"])
 
@@ -45,6 +46,11 @@ def create_collection(body: CollectionCreate, state: ServiceState = Depends(get_
     owner = body.owner if principal.is_admin else principal.team
     if not principal.is_admin and body.owner not in (None, principal.team):
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"a {principal.role!r} key can only create its own team's collections")
+    try:  # a collection's default model (a cascade included) is checked like a request's
+        for model in filter(None, (body.default_llm, *body.llm_fallbacks)):
+            llm.check_model(model)
+    except llm.LLMModelError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     try:
         chunking = {k: v for k, v in {"size": body.chunk_size, "overlap": body.chunk_overlap}.items() if v is not None}
         config = CollectionConfig(name=body.name, owner=owner, default_llm=body.default_llm,
