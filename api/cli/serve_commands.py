@@ -22,7 +22,16 @@ def serve(ctx: typer.Context, host: str = typer.Option("127.0.0.1"), port: int =
           no_auth: bool = typer.Option(False, "--no-auth/--auth",
                                        help="Serve without API keys: loopback only, and only when asked for."),
           llm: str = typer.Option(None, help="Default LiteLLM model string for answers."),
-          workers: int = typer.Option(1, help="uvicorn worker processes.")) -> None:
+          workers: int = typer.Option(1, help="uvicorn worker processes."),
+          ray: str = typer.Option(None, "--ray", metavar="ADDRESS",
+                                  help="Serve on Ray Serve: a cluster address, or 'local' to start Ray here "
+                                       "(needs the ray extra). Shards, the query embedder and the API become "
+                                       "deployments."),
+          shard_replicas: int = typer.Option(1, min=1, max=64, help="--ray: read replicas per shard."),
+          shard_policy: str = typer.Option("flag", help="--ray: when a shard does not answer, 'flag' the result "
+                                                        "as partial (naming the shards that answered) or "
+                                                        "'refuse' it with 503."),
+          shard_timeout: float = typer.Option(5.0, min=0.1, help="--ray: seconds a shard may take to answer.")) -> None:
     """Start the REST service (OpenAPI docs at /docs)."""
     import uvicorn
 
@@ -33,6 +42,9 @@ def serve(ctx: typer.Context, host: str = typer.Option("127.0.0.1"), port: int =
     settings = _settings(ctx, no_auth=no_auth, default_llm=llm, host=host)
     err.print(f"Mighty on http://{host}:{port} (docs at /docs; home {settings.home})")
     err.print(banner(settings), highlight=False)
+    if ray is not None:
+        _serve_on_ray(settings, ray, host, port, shard_replicas, shard_policy, shard_timeout)
+        return
     if workers < 2:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
         return
@@ -42,6 +54,20 @@ def serve(ctx: typer.Context, host: str = typer.Option("127.0.0.1"), port: int =
                        "MIGHTY_DEFAULT_LLM": settings.default_llm, "MIGHTY_HOST": host})
     os.environ.setdefault("MIGHTY_EMBED_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
+
+
+def _serve_on_ray(settings, address: str, host: str, port: int, replicas: int, policy: str, timeout: float) -> None:
+    if policy not in ("flag", "refuse"):
+        raise fail(f"--shard-policy is 'flag' or 'refuse', not {policy!r}")
+    try:
+        from api.ray_serve.launch import serve_until_interrupted  # the optional ray extra
+        from api.ray_serve.deployments import ServeOptions
+    except ImportError:
+        raise fail("--ray needs Ray: pip install 'mighty[ray]'") from None
+    try:
+        serve_until_interrupted(settings, address, host, port, ServeOptions(replicas, timeout_s=timeout, policy=policy))
+    except (ConnectionError, ValueError) as exc:
+        raise fail(f"cannot use the Ray cluster at {address!r}: {exc}") from None
 
 
 def banner(settings) -> str:
