@@ -67,6 +67,107 @@ def build(args) -> None:
         print(f"{name}: {args.size} chunks in {time.perf_counter() - started:.1f} s", flush=True)
 
 
+def _percentiles(times: list[float]) -> dict:
+    return {"p50_ms": round(float(np.percentile(times, 50)), 2), "p99_ms": round(float(np.percentile(times, 99)), 2)}
+
+
+def latency(args) -> dict:
+    """p50/p99 of `Retriever.search` (query vectors fixed per query, so retrieval alone is timed) on
+    the same 100k chunks: one folder, S in-process shards, S Ray actors; with --serve, also
+    /v1/retrieve over HTTP through Ray Serve (real query embedding in the embedder deployment)."""
+    import ray
+
+    from benchmarks.shards import FixedVectorRetriever, queries
+    from indexes.ray_shards import RayShardedCollection, shard_resource
+    from rag.schemas import RetrievalRequest
+
+    root, sharded_name = home(args.cache, args.size), f"sharded{args.shards}"
+    texts = queries(args.queries + 20)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             resources={shard_resource(i): 1 for i in range(args.shards)})
+    single, sharded = Home(root).open("single"), Home(root).open(sharded_name)
+    on_ray = RayShardedCollection(sharded, timeout_s=30)
+    out: dict = {"chunks": sharded.stats()["chunks"], "shards": args.shards, "queries": args.queries, "retriever": {}}
+    systems = {"single": single, f"{args.shards} local shards": sharded, f"{args.shards} Ray actors": on_ray}
+    for mode in args.modes:
+        out["retriever"][mode] = {}
+        for label, collection in systems.items():
+            retriever = FixedVectorRetriever(collection)
+            for text in texts[:20]:  # warm caches, numba and the actors' generation load
+                retriever.search(RetrievalRequest(query=text, mode=mode))
+            times = []
+            for text in texts[20:]:
+                started = time.perf_counter()
+                retriever.search(RetrievalRequest(query=text, mode=mode))
+                times.append((time.perf_counter() - started) * 1000)
+            out["retriever"][mode][label] = _percentiles(times)
+        print(mode, out["retriever"][mode], flush=True)
+    on_ray.close()
+    if args.serve:
+        out["serve_http"] = serve_latency(args, root, sharded_name, texts)
+    ray.shutdown()
+    return out
+
+
+def serve_latency(args, root: Path, sharded_name: str, texts: list[str]) -> dict:
+    """/v1/retrieve over HTTP through Ray Serve, for the single collection (searched in the ingress)
+    and the sharded one (searched by its shard deployments)."""
+    import httpx
+    from ray import serve
+
+    from api.ray_serve.deployments import ServeOptions
+    from api.ray_serve.launch import start
+    from api.settings import ServiceSettings
+
+    port = 8765
+    start(ServiceSettings(home=root, no_auth=True, host="127.0.0.1"), "local", "127.0.0.1", port,
+          ServeOptions(timeout_s=30))
+    out: dict = {}
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        for mode in args.modes:
+            out[mode] = {}
+            for name in ("single", sharded_name):
+                for text in texts[:20]:
+                    client.post("/v1/retrieve", json={"collection": name, "query": text, "mode": mode})
+                times = []
+                for text in texts[20:]:
+                    started = time.perf_counter()
+                    answer = client.post("/v1/retrieve", json={"collection": name, "query": text + " ?", "mode": mode})
+                    times.append((time.perf_counter() - started) * 1000)
+                    answer.raise_for_status()
+                out[mode][name] = _percentiles(times)
+            print("serve", mode, out[mode], flush=True)
+    serve.shutdown()
+    return out
+
+
+def ingest(args) -> dict:
+    """Passages/s of `mighty index add` (chunk, embed, write a 2-shard collection) on real MS MARCO
+    passages: one process, then Ray Data with 1, 2, 4 embedding actors on a local Ray (num_cpus=2)."""
+    import tempfile
+
+    import ray
+
+    from benchmarks.shards import ingest_rate, passages
+
+    documents = passages(args.ingest)
+    cores = os.cpu_count() or 1
+    out: dict = {"passages": len(documents), "cores": cores, "passages_per_s": {}}
+    with tempfile.TemporaryDirectory(dir=args.cache) as tmp:
+        single = ingest_rate(Path(tmp) / "single", documents, None)
+        out["passages_per_s"]["single process"] = round(single, 1)
+        print("single process", round(single, 1), flush=True)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        for actors in args.actors:
+            rate = ingest_rate(Path(tmp) / f"ray{actors}", documents, actors)
+            out["passages_per_s"][f"ray, {actors} actors"] = round(rate, 1)
+            print(f"ray, {actors} actors", round(rate, 1), flush=True)
+        ray.shutdown()
+    out["per_core"] = {k: round(v / min(cores, 2), 1) for k, v in out["passages_per_s"].items()}
+    out["ray_vs_single"] = {k: round(v / single, 2) for k, v in out["passages_per_s"].items()}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["build", "latency", "ingest"])
@@ -74,8 +175,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=100_000)
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--centres", type=int, default=300, help="real passages embedded as vector centres")
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--modes", nargs="+", default=["bm25", "dense", "hybrid"])
+    parser.add_argument("--serve", action="store_true", help="also time /v1/retrieve through Ray Serve")
+    parser.add_argument("--ingest", type=int, default=2000, help="real passages embedded for the ingestion rates")
+    parser.add_argument("--actors", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
-    {"build": build}[args.what](args)
+    result = {"build": build, "latency": latency, "ingest": ingest}[args.what](args)
+    if result is not None:
+        print(json.dumps(result))
+        if args.json_out:
+            args.json_out.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

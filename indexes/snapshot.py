@@ -115,6 +115,11 @@ class Snapshot:
             hits.extend(ScoredRow(position, int(r), float(s)) for r, s in zip(rows, scores))
         return _best(hits, k)
 
+    def hybrid_top_k(self, config: BM25Config, terms: list[str], weights: np.ndarray, vector: np.ndarray, k: int,
+                     ef_search: int, where: Filter | None = None) -> tuple[list[ScoredRow], list[ScoredRow]]:
+        """The BM25 and dense top-k of a hybrid query (a shard coordinator gets both in one round trip)."""
+        return self.bm25_top_k(config, terms, weights, k, where), self.dense(vector, k, ef_search, where)
+
     def bm25_of(self, config: BM25Config, terms: list[str], weights: np.ndarray,
                 pairs: list[tuple[int, int]], stats: CollectionStats | None = None) -> np.ndarray:
         """Exact BM25 scores of (segment, row) pairs (`stats` as in `bm25_top_k`)."""

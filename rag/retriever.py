@@ -53,12 +53,21 @@ class Retriever:
         timings: dict[str, float] = {}
         lists: dict[str, list[ScoredRow]] = {}
         terms, term_weights, vector = [], np.zeros(0), None
-        if request.mode in ("bm25", "hybrid"):
+        if request.mode == "hybrid":  # both lists at once: one round trip per shard of a sharded collection
+            started = time.perf_counter()
+            vector = self.embed_query(request.query)
+            timings["embed"] = _ms(started)
+            started = time.perf_counter()
+            terms, term_weights = snapshot.bm25_query(self.collection.analyzer, config.bm25, request.query)
+            lists["bm25"], lists["dense"] = snapshot.hybrid_top_k(config.bm25, terms, term_weights, vector, candidates,
+                                                                  config.dense.ef_search, request.filters)
+            timings["bm25+dense"] = _ms(started)
+        if request.mode == "bm25":
             started = time.perf_counter()
             terms, term_weights = snapshot.bm25_query(self.collection.analyzer, config.bm25, request.query)
             lists["bm25"] = snapshot.bm25_top_k(config.bm25, terms, term_weights, candidates, request.filters)
             timings["bm25"] = _ms(started)
-        if request.mode in ("dense", "hybrid"):
+        if request.mode == "dense":
             started = time.perf_counter()
             vector = self.embed_query(request.query)
             timings["embed"] = _ms(started)
