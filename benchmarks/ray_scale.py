@@ -89,18 +89,18 @@ def latency(args) -> dict:
     on_ray = RayShardedCollection(sharded, timeout_s=30)
     out: dict = {"chunks": sharded.stats()["chunks"], "shards": args.shards, "queries": args.queries, "retriever": {}}
     systems = {"single": single, f"{args.shards} local shards": sharded, f"{args.shards} Ray actors": on_ray}
-    for mode in args.modes:
-        out["retriever"][mode] = {}
-        for label, collection in systems.items():
-            retriever = FixedVectorRetriever(collection)
-            for text in texts[:20]:  # warm caches, numba and the actors' generation load
-                retriever.search(RetrievalRequest(query=text, mode=mode))
-            times = []
-            for text in texts[20:]:
+    for mode in args.modes:  # systems take turns query by query, so a load swing hits them alike
+        retrievers = {label: FixedVectorRetriever(collection) for label, collection in systems.items()}
+        times: dict[str, list[float]] = {label: [] for label in systems}
+        for position, text in enumerate(texts):
+            for label, retriever in retrievers.items():
                 started = time.perf_counter()
                 retriever.search(RetrievalRequest(query=text, mode=mode))
-                times.append((time.perf_counter() - started) * 1000)
-            out["retriever"][mode][label] = _percentiles(times)
+                if position >= 20:  # the first 20 warm caches, numba and the actors' generation load
+                    times[label].append((time.perf_counter() - started) * 1000)
+        single_ms = np.asarray(times["single"])
+        out["retriever"][mode] = {label: {**_percentiles(ms), "added_p50_ms": round(float(
+            np.percentile(np.asarray(ms) - single_ms, 50)), 2)} for label, ms in times.items()}
         print(mode, out["retriever"][mode], flush=True)
     on_ray.close()
     if args.serve:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import typer
 from rich.table import Table
@@ -31,7 +32,9 @@ def serve(ctx: typer.Context, host: str = typer.Option("127.0.0.1"), port: int =
           shard_policy: str = typer.Option("flag", help="--ray: when a shard does not answer, 'flag' the result "
                                                         "as partial (naming the shards that answered) or "
                                                         "'refuse' it with 503."),
-          shard_timeout: float = typer.Option(5.0, min=0.1, help="--ray: seconds a shard may take to answer.")) -> None:
+          shard_timeout: float = typer.Option(5.0, min=0.1, help="--ray: seconds a shard may take to answer."),
+          api_resource: str = typer.Option(None, help="--ray: a custom resource naming the nodes that run the API "
+                                                      "and the query embedder (default: any node).")) -> None:
     """Start the REST service (OpenAPI docs at /docs)."""
     import uvicorn
 
@@ -43,7 +46,7 @@ def serve(ctx: typer.Context, host: str = typer.Option("127.0.0.1"), port: int =
     err.print(f"Mighty on http://{host}:{port} (docs at /docs; home {settings.home})")
     err.print(banner(settings), highlight=False)
     if ray is not None:
-        _serve_on_ray(settings, ray, host, port, shard_replicas, shard_policy, shard_timeout)
+        _serve_on_ray(settings, ray, host, port, ServeChoices(shard_replicas, shard_policy, shard_timeout, api_resource))
         return
     if workers < 2:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
@@ -56,16 +59,26 @@ def serve(ctx: typer.Context, host: str = typer.Option("127.0.0.1"), port: int =
     uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
 
 
-def _serve_on_ray(settings, address: str, host: str, port: int, replicas: int, policy: str, timeout: float) -> None:
-    if policy not in ("flag", "refuse"):
-        raise fail(f"--shard-policy is 'flag' or 'refuse', not {policy!r}")
+@dataclass(frozen=True)
+class ServeChoices:
+    replicas: int
+    policy: str
+    timeout: float
+    api_resource: str | None
+
+
+def _serve_on_ray(settings, address: str, host: str, port: int, choices: ServeChoices) -> None:
+    if choices.policy not in ("flag", "refuse"):
+        raise fail(f"--shard-policy is 'flag' or 'refuse', not {choices.policy!r}")
     try:
         from api.ray_serve.launch import serve_until_interrupted  # the optional ray extra
         from api.ray_serve.deployments import ServeOptions
     except ImportError:
         raise fail("--ray needs Ray: pip install 'mighty[ray]'") from None
     try:
-        serve_until_interrupted(settings, address, host, port, ServeOptions(replicas, timeout_s=timeout, policy=policy))
+        options = ServeOptions(choices.replicas, timeout_s=choices.timeout, policy=choices.policy,
+                               api_resources={choices.api_resource: 0.01} if choices.api_resource else {})
+        serve_until_interrupted(settings, address, host, port, options)
     except (ConnectionError, ValueError) as exc:
         raise fail(f"cannot use the Ray cluster at {address!r}: {exc}") from None
 

@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from api.ray_serve.backend import ServeBackend
 from api.settings import ServiceSettings
 from indexes.collection import Home, ShardedCollection
 from indexes.ray_shards import ShardHost, shard_resource
-from indexes.shards import shard_folder
+from indexes.shards import read_sharded, shard_folder
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,18 @@ class ServeOptions:
     timeout_s: float = 5.0
     policy: str = "flag"  # "flag": partial results name the shards that answered; "refuse": 503
     cpus: float = 0.0  # CPUs each replica reserves (0: share the node's cores, as one process would)
+    api_resources: dict[str, float] = field(default_factory=dict)  # where ingress and embedder run
 
 
 class ShardReplica(ShardHost):
-    """A read replica of one shard (`ShardHost` answers the coordinator's calls)."""
+    """A read replica of one shard (`ShardHost` answers the coordinator's calls). It opens the
+    committed generation as it starts, so a replica (re)started on a node is ready before traffic."""
+
+    def __init__(self, shard: int, folder: str, config_json: str) -> None:
+        super().__init__(shard, folder, config_json)
+        committed = read_sharded(self.folder.parents[1])
+        if committed is not None:
+            self.call(committed.shards[shard], "describe", ())
 
 
 class QueryEmbedder:
@@ -91,8 +99,9 @@ def application(settings: ServiceSettings, options: ServeOptions = ServeOptions(
             deployment = serve.deployment(ShardReplica, name=f"{name}--shard-{i}", num_replicas=options.shard_replicas,
                                           ray_actor_options={**actor, "resources": resources})
             shards[name].append(deployment.bind(i, str(shard_folder(collection.folder, i)), config_json))
+    api = {**actor, "resources": dict(options.api_resources)}
     embedder = serve.deployment(QueryEmbedder, name="embedder", num_replicas=options.embedder_replicas,
-                                ray_actor_options=actor).bind(str(settings.home))
+                                ray_actor_options=api).bind(str(settings.home))
     ingress = serve.deployment(Ingress, name="ingress", num_replicas=options.ingress_replicas,
-                               ray_actor_options=actor)
+                               ray_actor_options=api)
     return ingress.bind(settings.model_dump_json(), shards, embedder, options.timeout_s, options.policy)
