@@ -58,7 +58,7 @@ def _same(hits, expected) -> bool:
 @pytest.mark.slow
 def test_serve_on_ray_answers_like_one_process_and_follows_commits(ray_address, home):
     local = Retriever(Home(home).open("corpus"))
-    with serving(home, "--no-auth", "--ray", ray_address, "--shard-timeout", "60", timeout=420) as (url, _, log):
+    with serving(home, "--no-auth", "--ray", ray_address, "--shard-timeout", "9", timeout=420) as (url, _, log):
         deployments = serve.status().applications["mighty"].deployments
         assert {"ingress", "embedder", "corpus--shard-0", "corpus--shard-1"} <= set(deployments)
         for mode, query in (("bm25", "temperature thermometer"), ("dense", "how hot is the sun"),

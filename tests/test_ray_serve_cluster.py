@@ -20,13 +20,12 @@ os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "120")  # a busy 
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
-from ray.util.state import list_actors  # noqa: E402
 
 from indexes.collection import Home  # noqa: E402
 from indexes.config import CollectionConfig, FusionConfig  # noqa: E402
 from indexes.documents import SourceDocument  # noqa: E402
 from indexes.ray_shards import shard_resource  # noqa: E402
-from indexes.shards import shard_of  # noqa: E402
+from indexes.shards import shard_folder, shard_of  # noqa: E402
 from tests.helpers import serving  # noqa: E402
 
 SHARDS = 2
@@ -60,9 +59,10 @@ def home(tmp_path_factory, msmarco_records):
     return root
 
 
-def _replica_node(shard: int) -> set[str]:
-    return {actor.node_id for actor in list_actors(filters=[("state", "=", "ALIVE")])
-            if f"corpus--shard-{shard}" in (actor.class_name or "")}
+def _placement(home, shard: int):
+    """Where the shard deployment's replica runs, and which files under the home it holds open."""
+    handle = serve.get_deployment_handle(f"corpus--shard-{shard}", app_name="mighty")
+    return handle.placement.remote(str(home)).result(timeout_s=120)
 
 
 def _keys(body: dict) -> list:
@@ -72,13 +72,16 @@ def _keys(body: dict) -> list:
 @pytest.mark.slow
 def test_a_lost_node_is_flagged_through_serve_and_its_shard_returns(cluster, home):
     cluster, nodes = cluster
-    flags = ("--no-auth", "--ray", cluster.address, "--shard-timeout", "15", "--api-resource", "mighty_api")
+    flags = ("--no-auth", "--ray", cluster.address, "--shard-timeout", "3", "--api-resource", "mighty_api")
     with serving(home, *flags, timeout=480) as (url, _, _log), httpx.Client(base_url=url, timeout=120) as client:
         full = client.post("/v1/retrieve", json=QUERY).json()
         assert full["shards"] == {"shards": 2, "answered": [0, 1], "missing": [], "partial": False}
         assert full["hits"]
         for shard, node in enumerate(nodes):
-            assert _replica_node(shard) == {node.node_id}
+            placement = _placement(home, shard)
+            own = str(shard_folder(home / "collections" / "corpus", shard))
+            assert placement.node_id == node.node_id
+            assert placement.open_files and all(path.startswith(own + "/") for path in placement.open_files)
 
         cluster.remove_node(nodes[1])
         partial = client.post("/v1/retrieve", json=QUERY)
@@ -94,4 +97,4 @@ def test_a_lost_node_is_flagged_through_serve_and_its_shard_returns(cluster, hom
             time.sleep(2)
             recovered = client.post("/v1/retrieve", json=QUERY).json()
         assert not recovered["shards"]["partial"] and _keys(recovered) == _keys(full)
-        assert _replica_node(1) == {replacement.node_id}
+        assert _placement(home, 1).node_id == replacement.node_id

@@ -70,6 +70,9 @@ class ServeChoices:
 def _serve_on_ray(settings, address: str, host: str, port: int, choices: ServeChoices) -> None:
     if choices.policy not in ("flag", "refuse"):
         raise fail(f"--shard-policy is 'flag' or 'refuse', not {choices.policy!r}")
+    if choices.timeout >= settings.retrieval_timeout_s:  # else a lost shard would time the whole query out
+        raise fail(f"--shard-timeout ({choices.timeout:g} s) must be below the retrieval timeout "
+                   f"({settings.retrieval_timeout_s:g} s, MIGHTY_RETRIEVAL_TIMEOUT_S)")
     try:
         from api.ray_serve.launch import serve_until_interrupted  # the optional ray extra
         from api.ray_serve.deployments import ServeOptions

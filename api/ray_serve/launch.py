@@ -29,9 +29,8 @@ def serve_until_interrupted(settings: ServiceSettings, address: str | None, host
         threading.Event().wait()
     except KeyboardInterrupt:
         pass
-    finally:
-        serve.delete(APP_NAME)
-        serve.shutdown()
+    finally:  # the controller removes the deployments; Serve itself stays for the cluster's other users
+        serve.delete(APP_NAME, _blocking=False)
 
 
 def _interrupt(*_) -> None:
