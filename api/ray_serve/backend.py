@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from ray.exceptions import RayError
+from ray.serve.exceptions import RayServeException
 
 from api.state import Backend
 from indexes.collection import Collection, ShardedCollection
@@ -38,7 +39,7 @@ class ServeFanout:
                 results[shard] = response.result(timeout_s=max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 response.cancel()
-            except RayError as exc:  # its replica died, or no replica can be placed now
+            except (RayError, RayServeException) as exc:  # its replica died, is unavailable or overloaded
                 log.warning("shard %d did not answer %s: %s", shard, method, type(exc).__name__)
         return results
 
