@@ -14,19 +14,19 @@ from api.metrics import REQUEST_SECONDS, REQUESTS
 from api.origin import OriginGuard, allowed_host_names, split_list
 from api.routers import cards, chat, collections, fusion, ops, retrieval
 from api.settings import ServiceSettings
-from api.state import ServiceState
+from api.state import Backend, ServiceState
 from indexes.collection import CollectionBroken
 from indexes.embedder_allowlist import EmbedderNotAllowed
 from indexes.names import InvalidCollectionName
 
 
-def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+def create_app(settings: ServiceSettings | None = None, backend: Backend | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
     providers.install()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.mighty = ServiceState(settings)
+        app.state.mighty = ServiceState(settings, backend)
         await run_in_threadpool(app.state.mighty.warm_up)
         yield
         app.state.mighty.close()

@@ -74,9 +74,22 @@ def runs_locally(model: str) -> bool:
     return model.startswith(("local/", "fusion:", "fusion/"))
 
 
+class Backend:
+    """Where a collection's searches run. This default runs everything in the server process; `mighty
+    serve --ray` passes one that sends shard searches and query embedding to Ray Serve deployments
+    (`api.ray_serve`), so nothing here imports Ray."""
+
+    def collection(self, collection: Collection) -> Collection:
+        return collection
+
+    def retriever(self, collection: Collection) -> Retriever:
+        return Retriever(collection)
+
+
 class ServiceState:
-    def __init__(self, settings: ServiceSettings) -> None:
+    def __init__(self, settings: ServiceSettings, backend: Backend | None = None) -> None:
         self.settings = settings
+        self.backend = backend or Backend()
         self.home = Home(settings.home)
         self.engine = open_database(settings.resolved_database_url())
         self.keys = KeyStore(make_sessions(self.engine))
@@ -90,14 +103,14 @@ class ServiceState:
         self._lock = threading.Lock()
 
     def collection(self, name: str) -> Collection:
-        return self.home.open(name)
+        return self.backend.collection(self.home.open(name))
 
     def retriever(self, name: str) -> Retriever:
         collection = self.collection(name)
         with self._lock:
             retriever = self._retrievers.get(name)
             if retriever is None or retriever.collection is not collection:
-                retriever = self._retrievers[name] = Retriever(collection)
+                retriever = self._retrievers[name] = self.backend.retriever(collection)
             return retriever
 
     def warm_up(self) -> None:

@@ -10,6 +10,7 @@ Needs the `ray` extra (`pip install mighty[ray]`); nothing else in Mighty import
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from ray.exceptions import RayError
 
 from indexes.collection import Collection, ShardedCollection
 from indexes.config import CollectionConfig
-from indexes.shard_search import ShardedSnapshot, ShardSearcher
+from indexes.shard_search import ShardedSnapshot, ShardFanout, ShardSearcher
 from indexes.shards import shard_folder
 
 CALL_TIMEOUT_S = 5.0
@@ -41,9 +42,9 @@ class ShardPlacement:
     open_files: list[str]
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
-class ShardActor:
-    """One shard of one collection; keeps the searchers of the generations it was asked for."""
+class ShardHost:
+    """One shard of one collection, served to a coordinator (by a Ray actor here, or a Ray Serve
+    replica in `api.ray_serve`); keeps the searcher of the generation it was last asked for."""
 
     def __init__(self, shard: int, folder: str, config_json: str) -> None:
         self.shard, self.folder = shard, Path(folder)
@@ -69,6 +70,9 @@ class ShardActor:
         return ShardPlacement(self.shard, ray.get_runtime_context().get_node_id(), str(self.folder), sorted(opened))
 
 
+ShardActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)(ShardHost)
+
+
 class RayFanout:
     """Calls shard actors in parallel and keeps the answers that arrive within the timeout."""
 
@@ -80,13 +84,14 @@ class RayFanout:
                 for shard, args in calls.items()}
         if not refs:
             return {}
-        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=self.timeout_s())
+        deadline = time.monotonic() + self.timeout_s()
+        try:  # the usual case: every shard answers, one blocking get
+            return dict(zip(refs, ray.get(list(refs.values()), timeout=self.timeout_s())))
+        except (RayError, TimeoutError):
+            pass  # a shard failed or is late: keep what the others answer by the deadline
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=max(0.0, deadline - time.monotonic()))
         ready_set = set(ready)
         answered = {shard: ref for shard, ref in refs.items() if ref in ready_set}
-        try:  # the usual case: one get for every answer
-            return dict(zip(answered, ray.get(list(answered.values()))))
-        except RayError:
-            pass
         results = {}
         for shard, ref in answered.items():
             try:
@@ -96,26 +101,39 @@ class RayFanout:
         return results
 
 
-class RayShardedCollection(ShardedCollection):
-    """A sharded collection whose shards are searched by Ray actors (the coordinator runs here)."""
+class RemoteShardedCollection(ShardedCollection):
+    """A sharded collection whose shards are searched elsewhere (the coordinator runs here): writes
+    stay local, each query's shard calls go through `fanout`, which says which shards answered."""
 
     def __init__(self, base: ShardedCollection, timeout_s: float = CALL_TIMEOUT_S, policy: str = "flag") -> None:
         super().__init__(base.folder, base.config, base.allowed)
         self.timeout_s, self.policy = timeout_s, policy
-        config_json = base.config.model_dump_json()
-        self.actors = [ShardActor.options(name=None, resources={shard_resource(i): 0.01})
-                       .remote(i, str(shard_folder(base.folder, i)), config_json)
-                       for i in range(len(self.shards))]
+
+    def fanout(self, generations: list[int]) -> ShardFanout:
+        raise NotImplementedError
 
     def load_snapshot(self, generation: int | None = None) -> ShardedSnapshot:  # type: ignore[override]
         sharded = self.committed()
-        fanout = RayFanout(self.actors, sharded.shards, lambda: self.timeout_s)
-        return ShardedSnapshot(sharded, fanout, sharded.segments or [0] * len(self.shards), None)
+        return ShardedSnapshot(sharded, self.fanout(sharded.shards), sharded.segments or [0] * len(self.shards), None)
 
     def snapshot(self) -> ShardedSnapshot:  # type: ignore[override]
         view = super().snapshot()
         view.policy = self.policy  # "flag": partial results say which shards answered; "refuse": fail
         return view
+
+
+class RayShardedCollection(RemoteShardedCollection):
+    """A sharded collection whose shards are searched by Ray actors, one per shard."""
+
+    def __init__(self, base: ShardedCollection, timeout_s: float = CALL_TIMEOUT_S, policy: str = "flag") -> None:
+        super().__init__(base, timeout_s, policy)
+        config_json = base.config.model_dump_json()
+        self.actors = [ShardActor.options(name=None, resources={shard_resource(i): 0.01})
+                       .remote(i, str(shard_folder(base.folder, i)), config_json)
+                       for i in range(len(self.shards))]
+
+    def fanout(self, generations: list[int]) -> RayFanout:
+        return RayFanout(self.actors, generations, lambda: self.timeout_s)
 
     def placements(self, home: Path) -> list[ShardPlacement]:
         return ray.get([actor.placement.remote(str(home)) for actor in self.actors], timeout=60)

@@ -65,12 +65,15 @@ class ShardSearcher:
     def dense(self, vector: np.ndarray, k: int, ef_search: int, where: Filter | None) -> Scored:
         return _arrays(self.snapshot.dense(vector, k, ef_search, where))
 
-    def dense_and_cross(self, vector: np.ndarray, k: int, ef_search: int, where: Filter | None, terms: list[str],
-                        weights: np.ndarray, stats: CollectionStats, bm25_ids: np.ndarray) -> tuple:
-        """Dense top-k plus what hybrid fusion asks next, in the same round trip: the BM25 scores of
-        those hits and the dense scores of this shard's BM25 hits."""
-        ids, scores = self.dense(vector, k, ef_search, where)
-        return ids, scores, self.bm25_of(terms, weights, ids, stats), self.dense_of(vector, bm25_ids)
+    def hybrid(self, terms: list[str], weights: np.ndarray, stats: CollectionStats, vector: np.ndarray, k: int,
+               ef_search: int, where: Filter | None) -> tuple:
+        """Both top-k lists and each list's scores under the other retriever, in one round trip: all a
+        hybrid query asks of a shard before fetching text (the pool's exact scores come from the shard
+        that holds each candidate)."""
+        bm25_ids, bm25_scores = self.bm25(terms, weights, k, stats, where)
+        dense_ids, dense_scores = self.dense(vector, k, ef_search, where)
+        return (bm25_ids, bm25_scores, self.dense_of(vector, bm25_ids),
+                dense_ids, dense_scores, self.bm25_of(terms, weights, dense_ids, stats))
 
     def bm25_of(self, terms: list[str], weights: np.ndarray, ids: np.ndarray, stats: CollectionStats) -> np.ndarray:
         return self.snapshot.bm25_of(self.config, terms, weights, _pairs(ids), stats)
@@ -126,6 +129,8 @@ class ShardedSnapshot:
 
     Rows are addressed as in a `Snapshot`, by (segment, row), where segment positions run through
     shard 0's segments, then shard 1's, and so on (`offsets`)."""
+
+    fans_out = True  # every call is a round trip to each shard: the retriever asks for both lists at once
 
     def __init__(self, sharded: ShardedManifest, fanout: ShardFanout, segment_counts: list[int],
                  local: list[Snapshot] | None = None, policy: str = "flag") -> None:
@@ -188,7 +193,7 @@ class ShardedSnapshot:
         calls = {shard: (unique, weights, k, self.stats, where) for shard in range(self.shards)}
         hits = self._merge(self._call("bm25", calls), k)
         if self._query is not None:
-            self._query.terms, self._query.weights, self._query.bm25_hits = unique, weights, hits
+            self._query.terms, self._query.weights = unique, weights
         return hits
 
     def bm25(self, analyzer: Analyzer, config: BM25Config, query: str, k: int,
@@ -197,24 +202,26 @@ class ShardedSnapshot:
         return self.bm25_top_k(config, terms, weights, k, where)
 
     def dense(self, vector: np.ndarray, k: int, ef_search: int, where: Filter | None = None) -> list[ScoredRow]:
+        calls = {shard: (vector, k, ef_search, where) for shard in range(self.shards)}
+        return self._merge(self._call("dense", calls), k)
+
+    def hybrid_top_k(self, config: BM25Config, terms: list[str], weights: np.ndarray, vector: np.ndarray, k: int,
+                     ef_search: int, where: Filter | None = None) -> tuple[list[ScoredRow], list[ScoredRow]]:
+        """The BM25 and dense top-k of a hybrid query with one call per shard (every shard at once),
+        which also brings the cross scores the pool needs, so only the text fetch remains."""
+        if not terms:
+            return [], self.dense(vector, k, ef_search, where)
+        calls = {shard: (terms, weights, self.stats, vector, k, ef_search, where) for shard in range(self.shards)}
+        results = self._call("hybrid", calls)
+        bm25 = self._merge({shard: result[:2] for shard, result in results.items()}, k)
+        dense = self._merge({shard: result[3:5] for shard, result in results.items()}, k)
         query = self._query
-        if query is None or query.terms is None:
-            calls = {shard: (vector, k, ef_search, where) for shard in range(self.shards)}
-            return self._merge(self._call("dense", calls), k)
-        # hybrid: after BM25, one round trip also brings the cross scores fusion will ask for
-        groups = self._group([(h.segment, h.row) for h in query.bm25_hits])
-        calls = {shard: (vector, k, ef_search, where, query.terms, query.weights, self.stats,
-                         groups[shard][1] if shard in groups else pack([], []))
-                 for shard in range(self.shards)}
-        results = self._call("dense_and_cross", calls)
-        query.vector = vector
-        for shard, (ids, _, bm25_scores, dense_of_bm25) in results.items():
-            for pair, score in zip(self._global(shard, ids), bm25_scores):
-                query.bm25[pair] = float(score)
-            if shard in groups:
-                for pair, score in zip(self._global(shard, groups[shard][1]), dense_of_bm25):
-                    query.dense[pair] = float(score)
-        return self._merge({shard: result[:2] for shard, result in results.items()}, k)
+        if query is not None:
+            query.terms, query.weights, query.vector = terms, weights, vector
+            for shard, (bm25_ids, _, dense_of_bm25, dense_ids, _, bm25_of_dense) in results.items():
+                query.dense.update(zip(self._global(shard, bm25_ids), dense_of_bm25.tolist()))
+                query.bm25.update(zip(self._global(shard, dense_ids), bm25_of_dense.tolist()))
+        return bm25, dense
 
     def bm25_of(self, config: BM25Config, terms: list[str], weights: np.ndarray,
                 pairs: list[tuple[int, int]]) -> np.ndarray:
@@ -265,14 +272,18 @@ class ShardedSnapshot:
         return results
 
     def _merge(self, results: dict[int, Scored], k: int) -> list[ScoredRow]:
-        hits: list[ScoredRow] = []
-        for shard in sorted(results):
-            ids, scores = results[shard]
-            segments, rows = unpack(ids)
-            segments = segments + self.offsets[shard]
-            hits.extend(ScoredRow(int(s), int(r), float(v)) for s, r, v in zip(segments, rows, scores))
-        hits.sort(key=lambda h: -h.score)
-        return hits[:k]
+        """The best k of every shard's hits (ties in shard order), merged as arrays: only the k kept
+        become `ScoredRow`s."""
+        shards = [shard for shard in sorted(results) if len(results[shard][0])]
+        if not shards:
+            return []
+        ids = np.concatenate([np.asarray(results[s][0], dtype=np.int64) for s in shards])
+        scores = np.concatenate([np.asarray(results[s][1], dtype=np.float64) for s in shards])
+        offsets = np.concatenate([np.full(len(results[s][0]), self.offsets[s], dtype=np.int64) for s in shards])
+        best = np.argsort(-scores, kind="stable")[:k]
+        segments, rows = unpack(ids[best])
+        return [ScoredRow(segment, row, score) for segment, row, score
+                in zip((segments + offsets[best]).tolist(), rows.tolist(), scores[best].tolist())]
 
     def _global(self, shard: int, ids: np.ndarray) -> list[tuple[int, int]]:
         segments, rows = unpack(ids)
@@ -308,7 +319,6 @@ class _QueryState:
 
     terms: list[str] | None = None
     weights: np.ndarray | None = None
-    bm25_hits: list[ScoredRow] = field(default_factory=list)
     vector: np.ndarray | None = None
     bm25: dict[tuple[int, int], float] = field(default_factory=dict)  # exact BM25 of dense hits
     dense: dict[tuple[int, int], float] = field(default_factory=dict)  # inner products of BM25 hits

@@ -32,6 +32,8 @@ class ScoredRow:
 
 
 class Snapshot:
+    fans_out = False  # local segments: BM25 runs while the query is embedded (see rag.retriever)
+
     def __init__(self, folder: Path, manifest: Manifest, segments: list[Segment],
                  deletes: dict[str, np.ndarray]) -> None:
         self.folder, self.manifest, self.segments = folder, manifest, segments
@@ -114,6 +116,11 @@ class Snapshot:
             rows, scores = segment.dense.top_k(vector, k, mask, ef_search)
             hits.extend(ScoredRow(position, int(r), float(s)) for r, s in zip(rows, scores))
         return _best(hits, k)
+
+    def hybrid_top_k(self, config: BM25Config, terms: list[str], weights: np.ndarray, vector: np.ndarray, k: int,
+                     ef_search: int, where: Filter | None = None) -> tuple[list[ScoredRow], list[ScoredRow]]:
+        """The BM25 and dense top-k of a hybrid query (a shard coordinator gets both in one round trip)."""
+        return self.bm25_top_k(config, terms, weights, k, where), self.dense(vector, k, ef_search, where)
 
     def bm25_of(self, config: BM25Config, terms: list[str], weights: np.ndarray,
                 pairs: list[tuple[int, int]], stats: CollectionStats | None = None) -> np.ndarray:

@@ -68,18 +68,27 @@ class Retriever:
         started = time.perf_counter()
         pending = self._embed_later(request.query) if request.mode in ("dense", "hybrid") else None
         submitted = _ms(started)
-        if request.mode in ("bm25", "hybrid"):
+        # a sharded snapshot answers both lists in one round trip per shard; a local one runs BM25 while
+        # the query is being embedded, so "embed" is only the wait left after BM25
+        one_trip = request.mode == "hybrid" and getattr(snapshot, "fans_out", False)
+        if request.mode == "bm25" or (request.mode == "hybrid" and not one_trip):
             started = time.perf_counter()
             terms, term_weights = snapshot.bm25_query(self.collection.analyzer, config.bm25, request.query)
             lists["bm25"] = snapshot.bm25_top_k(config.bm25, terms, term_weights, candidates, request.filters)
             timings["bm25"] = _ms(started)
-        if pending is not None:  # embedding ran alongside BM25: "embed" is only the wait left after it
+        if pending is not None:
             started = time.perf_counter()
             vector = pending()
             timings["embed"] = submitted + _ms(started)
             started = time.perf_counter()
-            lists["dense"] = snapshot.dense(vector, candidates, config.dense.ef_search, request.filters)
-            timings["dense"] = _ms(started)
+            if one_trip:
+                terms, term_weights = snapshot.bm25_query(self.collection.analyzer, config.bm25, request.query)
+                lists["bm25"], lists["dense"] = snapshot.hybrid_top_k(
+                    config.bm25, terms, term_weights, vector, candidates, config.dense.ef_search, request.filters)
+                timings["bm25+dense"] = _ms(started)
+            else:
+                lists["dense"] = snapshot.dense(vector, candidates, config.dense.ef_search, request.filters)
+                timings["dense"] = _ms(started)
         started = time.perf_counter()
         pool, raw = snapshot.pooled(lists, config.bm25, terms, term_weights, vector)
         ranks = {name: _ranks(hits, pool) for name, hits in lists.items()}

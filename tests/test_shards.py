@@ -248,8 +248,8 @@ def test_a_refused_partial_result_is_a_503_with_the_reason():
     assert response.headers["retry-after"] == "5"
 
 
-def test_hybrid_needs_three_round_trips_to_the_shards(pair, monkeypatch):
-    """BM25 top-k; dense top-k with the cross scores fusion needs; fetch. No separate scoring trips."""
+def test_hybrid_needs_two_round_trips_to_the_shards(pair, monkeypatch):
+    """Both top-k lists with the cross scores fusion needs, in one trip; then the fetch. No scoring trips."""
     _, sharded = pair
     calls: list[str] = []
     original = LocalFanout.call
@@ -260,5 +260,5 @@ def test_hybrid_needs_three_round_trips_to_the_shards(pair, monkeypatch):
 
     monkeypatch.setattr(LocalFanout, "call", counting)
     result = BagOfWordsRetriever(sharded).search(RetrievalRequest(query=QUERIES[0], mode="hybrid", top_k=10))
-    assert result.hits and calls == ["bm25", "dense_and_cross", "chunks"]
+    assert result.hits and calls == ["hybrid", "chunks"]
     assert result.shards.answered == list(range(SHARDS)) and not result.shards.partial

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import typer
 from rich.table import Table
@@ -22,7 +23,18 @@ def serve(ctx: typer.Context, host: str = typer.Option("127.0.0.1"), port: int =
           no_auth: bool = typer.Option(False, "--no-auth/--auth",
                                        help="Serve without API keys: loopback only, and only when asked for."),
           llm: str = typer.Option(None, help="Default LiteLLM model string for answers."),
-          workers: int = typer.Option(1, help="uvicorn worker processes.")) -> None:
+          workers: int = typer.Option(1, help="uvicorn worker processes."),
+          ray: str = typer.Option(None, "--ray", metavar="ADDRESS",
+                                  help="Serve on Ray Serve: a cluster address, or 'local' to start Ray here "
+                                       "(needs the ray extra). Shards, the query embedder and the API become "
+                                       "deployments."),
+          shard_replicas: int = typer.Option(1, min=1, max=64, help="--ray: read replicas per shard."),
+          shard_policy: str = typer.Option("flag", help="--ray: when a shard does not answer, 'flag' the result "
+                                                        "as partial (naming the shards that answered) or "
+                                                        "'refuse' it with 503."),
+          shard_timeout: float = typer.Option(5.0, min=0.1, help="--ray: seconds a shard may take to answer."),
+          api_resource: str = typer.Option(None, help="--ray: a custom resource naming the nodes that run the API "
+                                                      "and the query embedder (default: any node).")) -> None:
     """Start the REST service (OpenAPI docs at /docs)."""
     import uvicorn
 
@@ -34,6 +46,9 @@ def serve(ctx: typer.Context, host: str = typer.Option("127.0.0.1"), port: int =
     check_drafts()
     err.print(f"Mighty on http://{host}:{port} (docs at /docs; home {settings.home})")
     err.print(banner(settings), highlight=False)
+    if ray is not None:
+        _serve_on_ray(settings, ray, host, port, ServeChoices(shard_replicas, shard_policy, shard_timeout, api_resource))
+        return
     if workers < 2:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
         return
@@ -55,6 +70,33 @@ def check_drafts() -> None:
             err.print(f"speculative decoding: {pair}")
     except LocalModelError as error:
         raise fail(str(error)) from None
+
+
+@dataclass(frozen=True)
+class ServeChoices:
+    replicas: int
+    policy: str
+    timeout: float
+    api_resource: str | None
+
+
+def _serve_on_ray(settings, address: str, host: str, port: int, choices: ServeChoices) -> None:
+    if choices.policy not in ("flag", "refuse"):
+        raise fail(f"--shard-policy is 'flag' or 'refuse', not {choices.policy!r}")
+    if choices.timeout >= settings.retrieval_timeout_s:  # else a lost shard would time the whole query out
+        raise fail(f"--shard-timeout ({choices.timeout:g} s) must be below the retrieval timeout "
+                   f"({settings.retrieval_timeout_s:g} s, MIGHTY_RETRIEVAL_TIMEOUT_S)")
+    try:
+        from api.ray_serve.launch import serve_until_interrupted  # the optional ray extra
+        from api.ray_serve.deployments import ServeOptions
+    except ImportError:
+        raise fail("--ray needs Ray: pip install 'mighty[ray]'") from None
+    try:
+        options = ServeOptions(choices.replicas, timeout_s=choices.timeout, policy=choices.policy,
+                               api_resources={choices.api_resource: 0.01} if choices.api_resource else {})
+        serve_until_interrupted(settings, address, host, port, options)
+    except (ConnectionError, ValueError) as exc:
+        raise fail(f"cannot use the Ray cluster at {address!r}: {exc}") from None
 
 
 def banner(settings) -> str:

@@ -1,0 +1,37 @@
+"""Start the Serve application on a Ray cluster (or a local Ray) and keep it up until interrupted."""
+from __future__ import annotations
+
+import signal
+import threading
+
+from ray import serve
+
+from api.ray_serve.deployments import ServeOptions, application
+from api.settings import ServiceSettings
+from indexes.ray_ingest import connect
+
+APP_NAME = "mighty"
+
+
+def start(settings: ServiceSettings, address: str | None, host: str, port: int,
+          options: ServeOptions = ServeOptions()) -> None:
+    """Deploy ingress, embedder and shard deployments; returns once every replica is up."""
+    connect(address)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(application(settings, options), name=APP_NAME, route_prefix="/", blocking=False)
+
+
+def serve_until_interrupted(settings: ServiceSettings, address: str | None, host: str, port: int,
+                            options: ServeOptions = ServeOptions()) -> None:
+    start(settings, address, host, port, options)
+    signal.signal(signal.SIGTERM, _interrupt)  # a terminated server takes its deployments down too
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:  # the controller removes the deployments; Serve itself stays for the cluster's other users
+        serve.delete(APP_NAME, _blocking=False)
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
