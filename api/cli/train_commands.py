@@ -35,6 +35,9 @@ def train(ctx: typer.Context,
           epochs: float = typer.Option(None, "--epochs", help="Passes over the training text, instead of --steps."),
           owner: str = typer.Option(None, "--owner", envvar="MIGHTY_TEAM", help="Owning team (default: local)."),
           kind: str = typer.Option("knowledge", "--kind", help="knowledge | fusion | both."),
+          steers: list[str] = typer.Option(None, "--steers",
+                                           help="A larger base the card may steer by fusion (repeatable; default "
+                                                "per base: a 0.5B card steers qwen2.5-coder-1.5b-instruct)."),
           seed: int = typer.Option(None, "--seed", help="Fixes the split, the adapter init and the data order."),
           heldout_fraction: float = typer.Option(None, "--heldout-fraction", help="Documents held out (0.1)."),
           lr: float = typer.Option(None, "--lr", help="Peak learning rate."),
@@ -77,7 +80,7 @@ def train(ctx: typer.Context,
     request = TrainRequest(corpus=corpus, name=name, out=(out_dir or home.root / "training" / name).expanduser(),
                            settings=settings, owner=owner, kind=kind, version=version or next_version(home, name),
                            domain=domain, description=description, home_root=home.root, resume=resume,
-                           checkpoint_every=checkpoint_every, overwrite=overwrite)
+                           checkpoint_every=checkpoint_every, overwrite=overwrite, steers=steers or None)
     if threads:
         import torch
 

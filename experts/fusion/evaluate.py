@@ -67,6 +67,8 @@ def settings_from(params: FusionParams, base: str, experts: list[CardRef], fitte
         weights=list(params.weights) if params.weights is not None and params.method != "proxy" else None,
         alpha=params.alpha if params.method == "proxy" else None,
         temperature=params.temperature if params.method == "entropy" else None,
+        beta=params.beta if params.method == "contrastive" else None,
+        plausibility=params.plausibility if params.method == "contrastive" else None,
         gate=params.gate.to_lists() if params.gate is not None else None,
         experts=[card.manifest.name for card in experts] if len(experts) > 1 else None,
         fitted_on=fitted_on, validation_nll=validation_nll)

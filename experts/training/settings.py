@@ -30,6 +30,11 @@ BASE_DEFAULTS: dict[str, dict[str, object]] = {
 }
 
 
+# Larger bases a card on this base may steer by default (written to the card's model.steers): same
+# tokenizer vocabulary, measured in benchmarks/RESULTS.md ("Fusion with a larger base").
+DEFAULT_STEERS: dict[str, tuple[str, ...]] = {QWEN05_BASE: ("qwen2.5-coder-1.5b-instruct",)}
+
+
 def default_steps(base: str) -> int:
     return int(BASE_DEFAULTS.get(base, {}).get("steps", DEFAULT_STEPS))  # type: ignore[arg-type]
 
