@@ -29,7 +29,8 @@ EXIT_INTERRUPTED = 3  # stopped before the last step; the same command resumes
 def train(ctx: typer.Context,
           corpus: str = typer.Option(..., "--corpus", help="JSONL/text/markdown file or folder, or collection:NAME."),
           name: str = typer.Option(..., "--name", help="Card name (lowercase letters, digits, '.', '_', '-')."),
-          base: str = typer.Option(DEFAULT_BASE, "--base", help="Registered local name, model folder or HF id."),
+          base: str = typer.Option(None, "--base", help=f"Registered local name, model folder or HF id (default "
+                                                        f"{DEFAULT_BASE}, or $MIGHTY_CARD_BASE)."),
           steps: int = typer.Option(None, "--steps", help="Optimizer steps (default: tuned per base for <= 25 min "
                                                           "on 2 cores)."),
           epochs: float = typer.Option(None, "--epochs", help="Passes over the training text, instead of --steps."),

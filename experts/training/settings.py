@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SMOLLM2_BASE = "smollm2-135m-instruct"  # the fast base: tests name it explicitly
 QWEN05_BASE = "qwen2.5-coder-0.5b-instruct"
 DEFAULT_BASE = QWEN05_BASE  # steers qwen2.5-coder-1.5b-instruct (same vocabulary) by fusion
+CARD_BASE_ENV = "MIGHTY_CARD_BASE"  # overrides DEFAULT_BASE (the test suite sets SmolLM2, the fast base)
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # 80 steps x 2 blocks x 256 tokens = 41k training tokens: about 8 minutes at the ~90 tokens/s one busy
 # core sustains, plus two held-out scorings of 4,096 tokens. With lr 3e-3 this cut pg-essays held-out
@@ -33,6 +35,11 @@ BASE_DEFAULTS: dict[str, dict[str, object]] = {
 # Larger bases a card on this base may steer by default (written to the card's model.steers): same
 # tokenizer vocabulary, measured in benchmarks/RESULTS.md ("Fusion with a larger base").
 DEFAULT_STEERS: dict[str, tuple[str, ...]] = {QWEN05_BASE: ("qwen2.5-coder-1.5b-instruct",)}
+
+
+def default_base() -> str:
+    """The base a card is trained on when none is named: $MIGHTY_CARD_BASE, else DEFAULT_BASE."""
+    return os.environ.get(CARD_BASE_ENV, "").strip() or DEFAULT_BASE
 
 
 def default_steps(base: str) -> int:
@@ -70,7 +77,9 @@ class TrainSettings(BaseModel):
         if not isinstance(data, dict):
             return data
         filled = dict(data)
-        for key, value in BASE_DEFAULTS.get(str(filled.get("base", DEFAULT_BASE)), {}).items():
+        if filled.get("base") is None:
+            filled["base"] = default_base()
+        for key, value in BASE_DEFAULTS.get(str(filled["base"]), {}).items():
             if key == "steps" and filled.get("epochs") is not None:
                 continue
             if filled.get(key) is None:
