@@ -63,7 +63,7 @@ class TrainSettings(BaseModel):
     alpha: float | None = Field(None, gt=0, description="LoRA scale numerator (default 2 x rank)")
     dropout: float = Field(0.0, ge=0, lt=1)
     targets: tuple[str, ...] = ALL_PROJECTIONS
-    last_layers: int | None = Field(None, ge=1, description="adapt only the top N layers (None: all); "
+    last_layers: int | None = Field(None, ge=0, description="adapt only the top N layers (None or 0: all); "
                                                              "backward then stops below them")
     seed: int = 0
     heldout_fraction: float = Field(0.1, gt=0, lt=1)
