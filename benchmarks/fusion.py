@@ -1,6 +1,10 @@
 """White-box logit fusion on held-out Paul Graham essays: perplexity of every rule, and decoding speed.
 
-Run from the repository root: `python benchmarks/fusion.py` (see --help).
+Run from the repository root: `python benchmarks/fusion.py` (see --help). A 0.5B card steering the
+frozen 1.5B base (CombLM's table at our scale): `python benchmarks/fusion.py --base
+qwen2.5-coder-1.5b-instruct --card /path/to/0.5B-card` (the card must declare the base in
+`model.steers`); the table then also has the untuned 0.5B (proxy's anti-expert and contrastive
+decoding's amateur).
 
 - Card: --card, else the trained card at /work/cards/pg-essays-card, else a quick LoRA made once by
   benchmarks/fusion_quick_card.py into benchmarks/results/pg-quick-card (10% of essays held out).
@@ -11,7 +15,9 @@ Run from the repository root: `python benchmarks/fusion.py` (see --help).
   llama.cpp runtime: the base alone (prefill then one step per token), the base through the fused
   decoder, and base + card (the LoRA applied at run time in its own context) under each rule. Runs
   are interleaved and repeated (--rounds); the best round is reported, because on a shared CPU the
-  slow rounds measure neighbours. Target: fused >= 0.6x the base's tokens/s.
+  slow rounds measure neighbours. Target: fused >= 0.6x the base's tokens/s (0.5x for a 0.5B card
+  on the 1.5B base, whose fused step runs both); contrastive decoding is timed too (it is a decoding
+  rule, not a language model, so it has no perplexity row).
 """
 from __future__ import annotations
 

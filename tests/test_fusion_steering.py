@@ -20,7 +20,6 @@ from experts.fusion.vocab import VocabularyMismatch
 from experts.models import runtime_model
 from rag.runtime.sampling import SamplingOptions
 from tests.fusion_helpers import BASE, larger_base, make_lora_card, tiny_corpus
-from tests.helpers import run_mighty
 
 GEMMA = "gemma3-270m"
 
@@ -102,21 +101,28 @@ def test_contrastive_with_its_own_base_as_amateur_is_greedy_decoding(pair):
 
 
 def test_fusion_cli_evaluates_every_rule_on_a_larger_base_and_stores_contrastive(pair, tmp_path):
+    from typer.testing import CliRunner
+
+    from api.cli.main import app
+
     corpus = tiny_corpus(tmp_path / "corpus.jsonl", documents=6)
     folder = str(pair["steerer"].folder)
-    result = run_mighty(tmp_path / "home", "fusion", "eval", "--base", pair["large"], "--card", folder,
-                        "--corpus", str(corpus), "--speed-tokens", "0", "--max-tokens", "120", "--json")
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    runner = CliRunner()
+    result = runner.invoke(app, ["--home", str(tmp_path / "home"), "fusion", "eval", "--base", pair["large"],
+                                 "--card", folder, "--corpus", str(corpus), "--speed-tokens", "0",
+                                 "--max-tokens", "120", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["base"] == pair["large"] and set(report["ppl_anti"]) == {BASE}
     assert set(report["ppl_fused"]) == {"mixture", "product", "proxy", "entropy", "learned"}
     assert all(math.isfinite(ppl) and ppl > 1 for ppl in report["ppl_fused"].values())
-    refused = run_mighty(tmp_path / "home", "fusion", "eval", "--base", pair["large"], "--card",
-                         str(pair["free"].folder), "--corpus", str(corpus), "--speed-tokens", "0")
-    assert refused.returncode != 0 and "does not declare that it steers" in refused.stderr
-    stored = run_mighty(tmp_path / "home", "fusion", "fit", "--method", "contrastive", "--base", pair["large"],
-                        "--card", folder, "--corpus", str(corpus), "--out", str(tmp_path / "cd"), "--json")
-    assert stored.returncode == 0, stored.stderr
-    assert json.loads(stored.stdout)["weights"] == {"beta": 0.5, "plausibility": 0.1}
+    refused = runner.invoke(app, ["--home", str(tmp_path / "home"), "fusion", "eval", "--base", pair["large"],
+                                  "--card", str(pair["free"].folder), "--corpus", str(corpus)])
+    assert refused.exit_code != 0 and "does not declare that it steers" in " ".join(refused.output.split())
+    stored = runner.invoke(app, ["--home", str(tmp_path / "home"), "fusion", "fit", "--method", "contrastive",
+                                 "--base", pair["large"], "--card", folder, "--corpus", str(corpus),
+                                 "--out", str(tmp_path / "cd"), "--json"])
+    assert stored.exit_code == 0, stored.output
+    assert json.loads(stored.stdout.strip().splitlines()[-1])["weights"] == {"beta": 0.5, "plausibility": 0.1}
     params = FusedModel(pair["large"], [resolve_card(str(tmp_path / "cd"))]).params()
     assert params.method == "contrastive" and (params.beta, params.plausibility) == (0.5, 0.1)
