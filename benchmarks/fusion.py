@@ -120,6 +120,14 @@ def main() -> None:
     started = time.perf_counter()
     report, fitted = quality(args.base, card, args.corpus, 2000 if args.skip_quality else args.max_tokens,
                              args.window)
+    out = REPO / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    target = args.out or out / "fusion.json"
+    # the perplexities are kept even if the (long) speed phase is interrupted
+    target.write_text(json.dumps({"card": card.label, "base": args.base, "partial": "perplexity only",
+                                  **report.model_dump(mode="json")}, indent=1))
+    print(f"perplexity (fit on {report.fit_tokens} tokens, scored on {report.tokens}): base {report.ppl_base:.3f}, "
+          f"anti {report.ppl_anti}, card {report.ppl_expert}, fused {report.ppl_fused}", file=sys.stderr, flush=True)
     from experts.fusion.corpus import split_corpus
     from experts.fusion.fused import tokenizer_of
 
@@ -156,9 +164,7 @@ def main() -> None:
               "learned_beats_both": learned < report.ppl_base and learned < min(report.ppl_expert.values()),
               "speed": figures, "load_avg": os.getloadavg()[0], "seconds": round(time.perf_counter() - started, 1)}
     print(json.dumps(result))
-    out = REPO / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (args.out or out / "fusion.json").write_text(json.dumps(result, indent=1))
+    target.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
