@@ -19,7 +19,7 @@ from experts.fusion.fused import FusedModel, UndeclaredBase
 from experts.fusion.vocab import VocabularyMismatch
 from experts.models import runtime_model
 from rag.runtime.sampling import SamplingOptions
-from tests.fusion_helpers import BASE, larger_base, make_lora_card, tiny_corpus
+from tests.fusion_helpers import BASE, larger_base, make_lora_card, tiny_corpus, write_manifest
 
 GEMMA = "gemma3-270m"
 
@@ -45,8 +45,10 @@ def test_a_card_steers_only_the_bases_it_declares(pair):
     assert own.anti_roles()[0].model is own.runtime  # on its own base the anti-expert is the base, at no cost
 
 
-def test_a_declared_base_of_another_family_is_still_refused(pair, tmp_path):
-    card = resolve_card(str(make_lora_card(tmp_path / "gemma", "gemma-steerer", steers=[GEMMA])))
+def test_a_declared_base_of_another_family_is_still_refused(tmp_path):
+    (tmp_path / "gemma").mkdir()  # manifest only: the refusal comes before any weights are read
+    write_manifest(tmp_path / "gemma", "gemma-steerer", steers=[GEMMA])
+    card = resolve_card(str(tmp_path / "gemma"))
     with pytest.raises(VocabularyMismatch) as refused:
         FusedModel(GEMMA, [card])
     assert GEMMA in str(refused.value) and BASE in str(refused.value) and "vocabularies differ" in str(refused.value)
