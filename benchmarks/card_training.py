@@ -1,4 +1,4 @@
-"""Train a card on pg-essays with the default settings; held-out perplexity of base vs card, time, tokens/s.
+"""Train a card on pg-essays with the default settings (per base); held-out perplexity of base vs card, time, tokens/s.
 
 Run from the repository root: `python benchmarks/card_training.py` (see --help).
 
@@ -42,6 +42,8 @@ def main() -> None:
                         help="card folder to keep (default: a temporary folder, removed afterwards)")
     parser.add_argument("--name", default="pg-essays-card")
     parser.add_argument("--kind", default="both", choices=["knowledge", "fusion", "both"])
+    parser.add_argument("--base", default=None, help="card base (default: the documented default, "
+                                                     "qwen2.5-coder-0.5b-instruct, with its per-base settings)")
     parser.add_argument("--steps", type=int, default=None, help="override the default steps (for quick looks)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core, as mighty)")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished card in --out")
@@ -51,7 +53,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = TrainSettings(**({"steps": args.steps} if args.steps else {}))
+    settings = TrainSettings(**{key: value for key, value in (("steps", args.steps), ("base", args.base)) if value})
     with tempfile.TemporaryDirectory(prefix="mighty-card-bench-") as scratch:
         out = args.out or Path(scratch) / args.name
         request = TrainRequest(corpus=args.corpus, name=args.name, out=out, settings=settings, kind=args.kind,

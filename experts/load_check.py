@@ -19,6 +19,10 @@ from experts.validation import TOKENIZER_FILES, safetensors_header
 
 PROBE_PROMPT = "The most important fact about this topic is"
 PROBE_TOKENS = 4
+# Largest total-variation distance allowed between the runtime's (llama.cpp, quantised activations)
+# and transformers' next-token distributions of an adapter card on the probe prompt; a LoRA converted
+# with wrong tensor names or layouts moves them far apart.
+RUNTIME_TOLERANCE = 0.25
 
 
 def run_load_checks(folder: Path, manifest: CardManifest, artifact: Path) -> tuple[str, int]:
@@ -53,7 +57,10 @@ def run_load_checks(folder: Path, manifest: CardManifest, artifact: Path) -> tup
     weights_name = rel + "adapter_model.safetensors" if manifest.model.adapter is not None else rel or "model"
     try:
         _check_rows(loaded.model, vocab_size, base)
-        return _generate(loaded.model, loaded.tokenizer, weights_name), vocab_size
+        sample = _generate(loaded.model, loaded.tokenizer, weights_name)
+        if manifest.model.adapter is not None:
+            _check_runtime(base, artifact, loaded.model, weights_name)
+        return sample, vocab_size
     finally:
         del loaded
         gc.collect()
@@ -149,6 +156,35 @@ def _gist(error: BaseException) -> str:
     informative = [line for line in lines if not line.endswith(":")] or lines or [type(error).__name__]
     more = f" (and {len(informative) - 1} more)" if len(informative) > 1 else ""
     return informative[0][:300] + more
+
+
+def _check_runtime(base: str, adapter: Path, model: Any, weights_name: str) -> None:
+    """On a GGUF base the card is served by llama.cpp with its LoRA converted to GGUF: convert it now
+    (cached by content, so registration pays for it once) and check the runtime's distribution on the
+    probe prompt matches transformers'. Other bases are served by transformers, checked above."""
+    from rag.runtime import LocalModelError, load_model, resolve_model
+
+    try:
+        if resolve_model(base).kind != "gguf":
+            return
+    except LocalModelError:
+        return
+    try:
+        runtime = load_model(base, adapter=adapter)
+    except LocalModelError as error:
+        raise CardValidationError(f"{weights_name}: the llama.cpp runtime cannot apply this adapter ({error}); "
+                                  "train a plain LoRA (bias='none') on attention/MLP projections") from None
+    ids = runtime.encode(PROBE_PROMPT)
+    with torch.inference_mode():
+        expected = torch.softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+    got = torch.softmax(runtime.score(ids).float(), -1)
+    shared = min(expected.shape[-1], got.shape[-1])
+    distance = float(0.5 * (got[:, :shared] - expected[:, :shared]).abs().sum(-1).max())
+    if distance > RUNTIME_TOLERANCE:
+        raise CardValidationError(f"{weights_name}: on the llama.cpp runtime the card's next-token distribution "
+                                  f"differs from transformers' (total variation {distance:.2f} > "
+                                  f"{RUNTIME_TOLERANCE}); the adapter does not convert faithfully to GGUF for "
+                                  f"base {base!r}")
 
 
 def _generate(model: Any, tokenizer: Any, weights_name: str) -> str:

@@ -20,7 +20,7 @@ VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,31}$")
 TEAM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MANIFEST_NAMES = ("card.toml", "card.yaml", "card.yml")
 CardKind = Literal["knowledge", "fusion"]
-FusionMethod = Literal["mixture", "product", "proxy", "entropy", "learned"]
+FusionMethod = Literal["mixture", "product", "proxy", "entropy", "learned", "contrastive"]
 
 
 class ManifestError(ValueError):
@@ -38,12 +38,28 @@ class ModelSpec(_Strict):
                                   "smollm2-135m-instruct")
     adapter: str | None = Field(None, description="LoRA adapter folder (safetensors), relative to the manifest")
     full: str | None = Field(None, description="full model folder (safetensors), relative to the manifest")
+    steers: list[str] = Field(default_factory=list, max_length=16,
+                              description="other bases this card may steer by fusion (its own base always "
+                                          "may); each must share the card's tokenizer vocabulary, which "
+                                          "fusion checks")
 
     @model_validator(mode="after")
     def _one_artifact(self) -> "ModelSpec":
         if (self.adapter is None) == (self.full is None):
             raise ValueError("set exactly one of model.adapter (a LoRA folder) or model.full (a model folder)")
         return self
+
+    @field_validator("steers")
+    @classmethod
+    def _steers(cls, steers: list[str]) -> list[str]:
+        if any(not name.strip() or len(name) > 200 for name in steers):
+            raise ValueError("model.steers entries are base names (1-200 characters)")
+        return list(dict.fromkeys(steers))
+
+    @property
+    def steerable(self) -> list[str]:
+        """Every base this card declares it may steer: its own first."""
+        return list(dict.fromkeys([self.base, *self.steers]))
 
     @property
     def artifact(self) -> str:
@@ -75,6 +91,9 @@ class FusionSettings(_Strict):
     base: str | None = Field(None, description="the base model the weights were fitted against")
     weights: list[float] | None = Field(None, description="per-model weights, base first")
     alpha: float | None = Field(None, description="proxy-tuning strength")
+    beta: float | None = Field(None, ge=0, description="contrastive decoding: amateur penalty (default 0.5)")
+    plausibility: float | None = Field(None, gt=0, le=1, description="contrastive decoding: keep tokens with "
+                                                                      "p >= this x max p (default 0.1)")
     gate: dict[str, list[float]] | None = Field(None, description="entropy-gate parameters (learned method)")
     temperature: float | None = Field(None, gt=0, description="entropy method: how sharply the more certain "
                                                                 "model is preferred")

@@ -19,6 +19,7 @@ os.environ["MIGHTY_HOME"] = tempfile.mkdtemp(prefix="mighty-test-home-")
 os.environ.setdefault("MIGHTY_MODEL_CACHE", str(Path(tempfile.gettempdir()) / "mighty-test-models"))
 # answers in tests come from the fastest local model; the default (Qwen 0.5B) is measured in benchmarks
 os.environ.setdefault("MIGHTY_DEFAULT_LLM", "local/smollm2-135m-instruct")
+os.environ.setdefault("MIGHTY_CARD_BASE", "smollm2-135m-instruct")  # cards train on the fast base in tests
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DOCS = REPO / "data" / "docs"

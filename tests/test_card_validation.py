@@ -193,3 +193,23 @@ def test_example_manifests_register(example, registry, tmp_path, tiny_adapter):
     shutil.copy(REPO / "data" / "cards" / example, folder / example)
     manifest = registry.register(folder / example, Actor("admin", None, True)).manifest
     assert manifest.name == example.split(".")[0] and manifest.model.adapter == "adapter"
+
+
+def test_registration_converts_the_lora_for_the_runtime_and_checks_it(registry, tmp_path, tiny_adapter, monkeypatch):
+    """A LoRA card on a GGUF base is converted to a GGUF LoRA once at registration (cached by content) and
+    llama.cpp's next-token distribution with it is compared with transformers'."""
+    import experts.load_check as load_check
+    from rag.runtime.lora import adapter_key
+    from rag.runtime.registry import resolve_model
+
+    cache = Path(os.environ["MIGHTY_MODEL_CACHE"]) / "lora"
+    converted = cache / f"{adapter_key(tiny_adapter, resolve_model(BASE).path)}.gguf"
+    assert converted.is_file()  # the registry fixture registered a card with this adapter
+    from tests.fusion_helpers import make_lora_card
+
+    other = make_lora_card(tmp_path / "other", scale=0.02) / "adapter"  # new weights: not verified yet
+    monkeypatch.setattr(load_check, "RUNTIME_TOLERANCE", 0.0)  # nothing quantised matches exactly
+    before = snapshot(registry)
+    with pytest.raises(CardValidationError, match="on the llama.cpp runtime the card's next-token distribution"):
+        registry.register(write_card(tmp_path / "candidate", other, name="strict"), ALPHA)
+    assert snapshot(registry) == before

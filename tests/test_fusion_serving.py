@@ -4,14 +4,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 
 import httpx
 import pytest
 
-from tests.fusion_helpers import BASE, make_lora_card
+from tests.fusion_helpers import BASE, larger_base, make_lora_card
 from tests.helpers import free_port, run_mighty, start_server
 
 QUESTION = [{"role": "user", "content": "Give one tip for a new startup."}]
+LARGE = "tiny-large"  # an operator-registered base standing in for Qwen 1.5B: SmolLM2's tokenizer, other weights
 
 
 @pytest.fixture(scope="module")
@@ -22,15 +24,21 @@ def server(demo_home, tmp_path_factory):
     shutil.copytree(demo_home, home)
     registered = run_mighty(home, "cards", "register", str(folder))
     assert registered.returncode == 0, registered.stderr
+    # a second card declares that it steers the larger base (as a 0.5B card steers the 1.5B one)
+    steerer = make_lora_card(root / "steerer-card", "steerer", seed=1, scale=0.03, steers=[LARGE])
+    registered = run_mighty(home, "cards", "register", str(steerer))
+    assert registered.returncode == 0, registered.stderr
     card = "essays"  # clients name registered cards; the server never reads folders they name
     model = f"fusion:{BASE}+{card}"
     port = free_port()
     env = {**os.environ, "MIGHTY_HOME": str(home), "HF_HUB_OFFLINE": "1", "MIGHTY_ANSWER_TOKENS": "24",
            "MIGHTY_LLM_THREADS": "2",
-           "MIGHTY_LOCAL_CONTEXT_TOKENS": "300", "MIGHTY_LLM_TIMEOUT_S": "600"}  # CPU prefill of two models
+           "MIGHTY_LOCAL_CONTEXT_TOKENS": "300", "MIGHTY_LLM_TIMEOUT_S": "600",  # CPU prefill of two models
+           "MIGHTY_CARD_BASES": f"{LARGE}={larger_base(root / 'large')}"}
     # the server's default LLM is the fused model: rag: answers go through it
     process = start_server(["serve", "--port", str(port), "--no-auth", "--llm", model], port, env, root / "server.log", 240)
-    yield {"base": f"http://127.0.0.1:{port}", "model": model, "card": card, "folder": folder, "root": root}
+    yield {"base": f"http://127.0.0.1:{port}", "model": model, "card": card, "folder": folder, "root": root,
+           "steered": f"fusion:{LARGE}+steerer"}
     process.terminate()
     process.wait(timeout=30)
 
@@ -115,3 +123,44 @@ def test_a_rag_pipeline_answers_with_the_fused_model(server):
         body = response.json()
         assert body["model"] == server["model"].replace("fusion:", "fusion/")  # LiteLLM's provider/model form
         assert body["answer"].strip() and body["sources"]
+
+
+def test_a_declared_larger_base_is_served_steered_by_the_card(server):
+    """The served form of `fusion:qwen2.5-coder-1.5b-instruct+<0.5B card>`, on SmolLM2 stand-ins: chat
+    completions, /v1/fusion/generate with proxy (anti-expert: the card's untuned base) and contrastive
+    decoding, a collection whose LLM is the steered base, and a refusal for an undeclared base."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server['base']}/v1", api_key="unused")
+    completion = client.chat.completions.create(model=server["steered"], messages=QUESTION, max_tokens=6,
+                                                temperature=0, extra_body={"fusion_method": "proxy"})
+    assert completion.model == server["steered"] and completion.usage.completion_tokens > 0
+    with httpx.Client(base_url=server["base"], timeout=300) as http:
+        for method in ("proxy", "contrastive"):
+            answer = http.post("/v1/fusion/generate", json={"cards": ["steerer"], "base": LARGE, "method": method,
+                                                            "prompt": "Startups should", "max_tokens": 5})
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert body["model"] == f"{LARGE}+steerer@1.0.0" and body["method"] == method
+            assert body["usage"]["completion_tokens"] > 0
+        assert body["parameters"] == {"beta": 0.5, "plausibility": 0.1}
+        undeclared = http.post("/v1/fusion/generate", json={"cards": [server["card"]], "base": LARGE,
+                                                            "prompt": "Hi", "max_tokens": 2})
+        assert undeclared.status_code == 422
+        assert "does not declare that it steers" in undeclared.json()["detail"] and LARGE in undeclared.json()["detail"]
+        created = http.post("/v1/collections", json={"name": "steered", "default_llm": server["steered"]})
+        assert created.status_code == 201, created.text
+        job = http.post("/v1/collections/steered/documents",
+                        json={"documents": [{"_id": "d1", "title": "Startups",
+                                             "text": "Startups should talk to users early and often."}]}).json()
+        for _ in range(600):
+            job = http.get(f"/v1/jobs/{job['id']}").json()
+            if job["status"] in ("succeeded", "failed"):
+                break
+            time.sleep(0.2)
+        assert job["status"] == "succeeded", job
+        response = http.post("/v1/query", json={"query": "What should startups do?", "collection": "steered",
+                                                "max_tokens": 8})
+        assert response.status_code == 200, response.text
+        assert response.json()["model"] == server["steered"].replace("fusion:", "fusion/")
+        assert response.json()["answer"].strip()

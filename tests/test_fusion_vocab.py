@@ -10,7 +10,7 @@ from experts.fusion.decoder import FusedDecoder
 from experts.fusion.fused import FusedModel, tokenizer_of
 from rag.runtime.sampling import SamplingOptions
 from experts.fusion.vocab import VocabularyMismatch, plan_vocabulary
-from tests.fusion_helpers import BASE, write_manifest
+from tests.fusion_helpers import BASE, tiny_model, write_manifest
 
 GEMMA = "gemma3-270m"
 EXTRA = ["<|extra_a|>", "<|extra_b|>", "<|extra_c|>"]
@@ -32,16 +32,6 @@ def test_another_model_family_is_refused_naming_both_models(tmp_path, base, card
     assert base in message and card_base in message and "other-family@1.0.0" in message
     assert "vocabularies differ" in message
     assert len(tokenizer_of(GEMMA)) == 262144  # the real Gemma 3 tokenizer was compared
-
-
-def tiny_model(vocab: int, seed: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="module")

@@ -245,3 +245,26 @@ def test_a_new_card_version_is_the_next_free_whole_number():
     assert next_free_version([]) == "1"
     assert next_free_version(["1", "2"]) == "3"
     assert next_free_version(["1.0.0", "4", "2"]) == "5"
+
+
+def test_defaults_are_per_base_and_what_the_user_gives_wins(monkeypatch):
+    """The documented default base is Qwen2.5-Coder-0.5B with its own settings; the suite trains on
+    SmolLM2 through $MIGHTY_CARD_BASE (tests/conftest.py)."""
+    from experts.training.run import steers_for
+
+    assert TrainSettings().base == "smollm2-135m-instruct"  # conftest's fast base
+    monkeypatch.delenv("MIGHTY_CARD_BASE")
+    qwen = TrainSettings()
+    assert qwen.base == "qwen2.5-coder-0.5b-instruct"
+    assert (qwen.steps, qwen.last_layers, qwen.lr, qwen.block_size) == (64, 8, 2e-3, 256)
+    smol = TrainSettings(base="smollm2-135m-instruct")
+    assert (smol.steps, smol.last_layers, smol.lr) == (80, None, 3e-3)
+    mine = TrainSettings(steps=5, last_layers=0, lr=1e-3)  # 0: every layer
+    assert (mine.steps, mine.last_layers, mine.lr) == (5, 0, 1e-3)
+    assert TrainSettings(epochs=1).steps is None and TrainSettings(epochs=1).last_layers == 8
+    explicit = TrainSettings(steps=64)
+    assert explicit.fingerprint("c", ["a"]) == qwen.fingerprint("c", ["a"])  # the default is that run
+    assert mine.fingerprint("c", ["a"]) != qwen.fingerprint("c", ["a"])
+    request = _request(Path("corpus.jsonl"), Path("out"), qwen)
+    assert steers_for(request) == ["qwen2.5-coder-1.5b-instruct"]  # a 0.5B card declares the 1.5B base
+    assert steers_for(_request(Path("corpus.jsonl"), Path("out"), smol)) == []

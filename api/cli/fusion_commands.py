@@ -12,7 +12,7 @@ from api.cli.context import RichProgress, err, fail, out
 
 app = typer.Typer(help="Fuse a base model with expert cards at every decoding step.", no_args_is_help=True)
 
-METHODS_HELP = "mixture | product | proxy | entropy | learned"
+METHODS_HELP = "mixture | product | proxy | entropy | learned | contrastive"
 
 
 def _cards(names: list[str]):
@@ -132,6 +132,9 @@ def fit_command(
     if out_dir is not None and len(cards) > 1:
         raise fail("--out names one folder; fit several cards without it (each gets <card>-fit)")
     base_name = _base(base, cards)
+    if method == "contrastive":
+        _store_contrastive(base_name, cards, out_dir, as_json)
+        return
     options = _options(fit_fraction=fit_fraction, max_tokens=max_tokens, seed=seed, speed_tokens=0)
     report, fitted = _run_evaluation(base_name, cards, corpus, options)
     validation = report.validation_nll[method]
@@ -155,6 +158,36 @@ def fit_command(
               f"{result['validation_nll_equal_weights']:.4f}) over {report.tokens} tokens")
     for ref in stored:
         out.print(f"new card version {ref.label} in {ref.folder}")
+
+
+def _store_contrastive(base: str, cards, out_dir: Path | None, as_json: bool) -> None:
+    """Contrastive decoding has nothing to fit (it is a decoding rule, not a language model whose
+    perplexity could be minimised): the paper's beta and plausibility threshold are stored, after
+    checking the fusion can be set up, so `fusion:<base>+<card>` decodes contrastively."""
+    from api.card_registry import operator_actor
+    from experts.errors import CardError
+    from experts.fusion.cards import store_fit
+    from experts.fusion.combine import FusionParams
+    from experts.fusion.evaluate import settings_from
+    from experts.fusion.fused import FusedModel
+
+    try:
+        FusedModel(base, cards).anti_roles()
+        settings = settings_from(FusionParams("contrastive"), base, cards, "defaults (Li et al. 2023)", None)
+        stored = [store_fit(one, settings, out_dir, actor=operator_actor()) for one in cards]
+    except (FileExistsError, OSError, ValueError, CardError) as exc:
+        raise fail(str(exc)) from None
+    result = {"method": "contrastive", "base": base, "cards": [ref.label for ref in stored],
+              "folders": [str(ref.folder) for ref in stored], "weights": describe_params(settings)}
+    if as_json:
+        print(json.dumps(result))
+        return
+    for ref in stored:
+        out.print(f"new card version {ref.label} in {ref.folder}: contrastive decoding on {base}")
+
+
+def describe_params(settings) -> dict:
+    return settings.model_dump(exclude_none=True, include={"beta", "plausibility"})
 
 
 def _log_ppl(ppl: float) -> float:

@@ -29,15 +29,22 @@ EXIT_INTERRUPTED = 3  # stopped before the last step; the same command resumes
 def train(ctx: typer.Context,
           corpus: str = typer.Option(..., "--corpus", help="JSONL/text/markdown file or folder, or collection:NAME."),
           name: str = typer.Option(..., "--name", help="Card name (lowercase letters, digits, '.', '_', '-')."),
-          base: str = typer.Option(DEFAULT_BASE, "--base", help="Registered local name, model folder or HF id."),
-          steps: int = typer.Option(None, "--steps", help="Optimizer steps (default: tuned for ~10 min on 2 cores)."),
+          base: str = typer.Option(None, "--base", help=f"Registered local name, model folder or HF id (default "
+                                                        f"{DEFAULT_BASE}, or $MIGHTY_CARD_BASE)."),
+          steps: int = typer.Option(None, "--steps", help="Optimizer steps (default: tuned per base for <= 25 min "
+                                                          "on 2 cores)."),
           epochs: float = typer.Option(None, "--epochs", help="Passes over the training text, instead of --steps."),
           owner: str = typer.Option(None, "--owner", envvar="MIGHTY_TEAM", help="Owning team (default: local)."),
           kind: str = typer.Option("knowledge", "--kind", help="knowledge | fusion | both."),
+          steers: list[str] = typer.Option(None, "--steers",
+                                           help="A larger base the card may steer by fusion (repeatable; default "
+                                                "per base: a 0.5B card steers qwen2.5-coder-1.5b-instruct)."),
           seed: int = typer.Option(None, "--seed", help="Fixes the split, the adapter init and the data order."),
           heldout_fraction: float = typer.Option(None, "--heldout-fraction", help="Documents held out (0.1)."),
           lr: float = typer.Option(None, "--lr", help="Peak learning rate."),
           rank: int = typer.Option(None, "--rank", help="LoRA rank."),
+          last_layers: int = typer.Option(None, "--last-layers", min=0,
+                                          help="Adapt only the top N layers (0: all; default per base, 0.5B: 8)."),
           block_size: int = typer.Option(None, "--block-size", "--max-length", help="Tokens per training block."),
           batch_size: int = typer.Option(None, "--batch-size", help="Blocks per optimizer step."),
           eval_tokens: int = typer.Option(None, "--eval-tokens", help="Held-out tokens scored (0: all)."),
@@ -64,7 +71,7 @@ def train(ctx: typer.Context,
     if kind not in ("knowledge", "fusion", "both"):
         raise fail(f"--kind {kind!r}: use knowledge, fusion or both", EXIT_ERROR)
     given = dict(base=base, steps=steps, epochs=epochs, seed=seed, heldout_fraction=heldout_fraction, lr=lr,
-                 rank=rank, block_size=block_size, batch_size=batch_size, eval_tokens=eval_tokens)
+                 rank=rank, last_layers=last_layers, block_size=block_size, batch_size=batch_size, eval_tokens=eval_tokens)
     try:
         settings = TrainSettings(**{key: value for key, value in given.items() if value is not None})
     except ValidationError as exc:
@@ -74,7 +81,7 @@ def train(ctx: typer.Context,
     request = TrainRequest(corpus=corpus, name=name, out=(out_dir or home.root / "training" / name).expanduser(),
                            settings=settings, owner=owner, kind=kind, version=version or next_version(home, name),
                            domain=domain, description=description, home_root=home.root, resume=resume,
-                           checkpoint_every=checkpoint_every, overwrite=overwrite)
+                           checkpoint_every=checkpoint_every, overwrite=overwrite, steers=steers or None)
     if threads:
         import torch
 

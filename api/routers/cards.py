@@ -76,7 +76,7 @@ def upload_card(manifest: UploadFile = File(..., description="card.toml or card.
     try:
         text = raw.decode("utf-8")
         parsed = parse_manifest(text, PurePosixPath(manifest_name).name)
-        for base in {parsed.model.base, parsed.fusion.base} - {None}:
+        for base in {parsed.model.base, parsed.fusion.base, *parsed.model.steers} - {None}:
             check_base(base)  # uploaders name allow-listed bases, never server paths or arbitrary hub ids
     except UnicodeDecodeError:
         raise _unprocessable(f"manifest: {manifest_name!r} is not UTF-8 text") from None

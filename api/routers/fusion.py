@@ -33,11 +33,14 @@ class FusionGenerateRequest(BaseModel):
 
     cards: list[str] = Field(min_length=1, max_length=8, description="registered card names (name or name@version)")
     base: str | None = Field(None, description="default: the first card's base")
-    method: str | None = Field(None, description="mixture | product | proxy | entropy | learned; default: the "
-                                                 "cards' fitted rule, else mixture")
+    method: str | None = Field(None, description="mixture | product | proxy | entropy | learned | contrastive; "
+                                                 "default: the cards' fitted rule, else mixture")
     weights: list[float] | None = Field(None, description="per-model weights, base first")
     alpha: float | None = Field(None, ge=0, le=10, description="proxy-tuning strength")
     entropy_temperature: float | None = Field(None, gt=0, le=100)
+    beta: float | None = Field(None, ge=0, le=10, description="contrastive decoding: amateur penalty (0.5)")
+    plausibility: float | None = Field(None, gt=0, le=1, description="contrastive decoding: keep tokens with "
+                                                                     "p >= this x max p (0.1)")
     prompt: str | None = Field(None, max_length=20_000)
     prompts: list[str] | None = Field(None, min_length=1, max_length=MAX_PROMPTS)
     messages: list[dict[str, Any]] | None = Field(None, min_length=1)
@@ -97,7 +100,7 @@ async def generate(body: FusionGenerateRequest, state: ServiceState = Depends(ge
     await _decoder(check_client_base, body.base)
     cards = await run_in_threadpool(_cards_or_http, resolve_cards, body.cards)
     decoder = await _decoder(load_decoder, body.base, cards, body.method, body.weights, body.alpha,
-                             body.entropy_temperature)
+                             body.entropy_temperature, body.beta, body.plausibility)
     try:
         options = body.sampling()
     except ValidationError as error:

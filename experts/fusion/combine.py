@@ -3,6 +3,9 @@
 Every rule takes `logprobs` shaped [M, B, V]: model 0 is the base, models 1.. are the experts, each
 row already log-softmaxed over the shared vocabulary. Proxy-tuning also takes the anti-experts'
 log-probs [M-1, B, V] (each expert's untuned base). The result is a normalised [B, V] log-prob.
+Contrastive decoding (Li et al. 2023) is a decoding rule rather than a language model: the base is
+the expert, the anti-experts (untuned small models) the amateur, and tokens outside the plausibility
+set get probability zero, so it is used to pick tokens, never to score perplexity.
 
 Working in log-probs rather than raw logits changes nothing for proxy and product (softmax removes
 any per-row constant), and it makes the mixture exact: with weights (1, 0) `logsumexp` returns the
@@ -10,11 +13,15 @@ base row bit for bit, which the exactness tests rely on.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
-METHODS = ("mixture", "product", "proxy", "entropy", "learned")
+METHODS = ("mixture", "product", "proxy", "entropy", "learned", "contrastive")
+ANTI_METHODS = ("proxy", "contrastive")  # rules that need each card's untuned base (the anti-expert / amateur)
+CD_BETA = 0.5  # contrastive decoding: amateur penalty (Li et al. 2023)
+CD_PLAUSIBILITY = 0.1  # contrastive decoding: keep tokens with p_large >= this x max p_large
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,8 @@ class FusionParams:
     alpha: float = 1.0  # proxy strength
     temperature: float = 1.0  # entropy rule: lower trusts the more certain model more sharply
     gate: Gate | None = field(default=None, compare=False)
+    beta: float = CD_BETA  # contrastive: log p_base - beta * log p_amateur
+    plausibility: float = CD_PLAUSIBILITY  # contrastive: the adaptive plausibility threshold (paper's alpha)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -72,6 +81,8 @@ class FusionParams:
             raise ValueError(f"fusion weights must be non-negative and not all zero, got {list(self.weights)}")
         if self.temperature <= 0:
             raise ValueError("the entropy temperature must be positive")
+        if self.beta < 0 or not 0 < self.plausibility <= 1:
+            raise ValueError("contrastive decoding needs beta >= 0 and a plausibility threshold in (0, 1]")
         if self.method == "learned" and self.gate is None:
             raise ValueError("the learned method needs a fitted gate: run `mighty fusion fit --method learned`")
 
@@ -117,6 +128,15 @@ def proxy(logprobs: torch.Tensor, anti: torch.Tensor, alpha: float) -> torch.Ten
     return torch.log_softmax(logprobs[0] + alpha * (logprobs[1:] - anti).sum(0), dim=-1)
 
 
+def contrastive(expert: torch.Tensor, amateur: torch.Tensor, beta: float, plausibility: float) -> torch.Tensor:
+    """Contrastive decoding: log p_expert - beta * log p_amateur over the plausible tokens (those with
+    p_expert >= plausibility x max p_expert), renormalised; every other token gets -inf. The expert's
+    top token is always plausible, so the result is never empty."""
+    cutoff = expert.max(-1, keepdim=True).values + math.log(plausibility)
+    scores = (expert - beta * amateur).masked_fill(expert < cutoff, float("-inf"))
+    return torch.log_softmax(scores, dim=-1)
+
+
 def entropy_weights(logprobs: torch.Tensor, prior: torch.Tensor, temperature: float) -> torch.Tensor:
     """Per-row weights [M, B]: softmax over models of log(prior) - entropy / temperature."""
     scores = prior.log().unsqueeze(-1) - entropy(logprobs) / temperature
@@ -142,6 +162,10 @@ def fuse_with_weights(logprobs: torch.Tensor, params: FusionParams, anti: torch.
         if models > 1 and anti is None:
             raise ValueError("proxy fusion needs the anti-experts' log-probs")
         return (proxy(logprobs, anti, params.alpha) if models > 1 else logprobs[0]), None
+    if params.method == "contrastive":
+        if anti is None:
+            raise ValueError("contrastive decoding needs the amateur's (the cards' untuned base's) log-probs")
+        return contrastive(logprobs[0], anti.mean(0), params.beta, params.plausibility), None
     weights = params.normalised_weights(models)
     if params.method == "mixture":
         return mixture(logprobs, weights), weights.unsqueeze(-1).expand(models, logprobs.shape[1])

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from experts.fusion.combine import FusionParams, fuse_with_weights
+from experts.fusion.combine import ANTI_METHODS, FusionParams, fuse_with_weights
 from experts.fusion.fused import FusedModel, FusedSession
 from rag.runtime.decode import Decoded, decode, stream_rows
 from rag.runtime.sampling import SamplingOptions
@@ -121,7 +121,8 @@ class FusedDecoder:
         stats = DecodeStats(rows=len(prompts))
         weight_sum = None
         results = []
-        with self.model.session(self.params.method == "proxy") as session:
+        with self.model.session(self.params.method in ANTI_METHODS,
+                                experts=self.params.method != "contrastive") as session:
             for row, prompt in enumerate(prompts):
                 if cancel is not None and cancel.is_set():
                     results.append(Generation("", [], len(prompt), "stop"))

@@ -44,6 +44,8 @@ class EvalReport(BaseModel):
     split: str
     ppl_base: float
     ppl_expert: dict[str, float]
+    ppl_anti: dict[str, float] = Field(default_factory=dict, description="each card's untuned base, where it is "
+                                                                         "not the fused base (proxy's anti-expert)")
     ppl_fused: dict[str, float]
     ppl_equal_weights: float = Field(description="mixture with equal weights, the unfitted reference")
     weights: dict[str, dict] = Field(description="fitted parameters per rule (weights: base first)")
@@ -67,6 +69,8 @@ def settings_from(params: FusionParams, base: str, experts: list[CardRef], fitte
         weights=list(params.weights) if params.weights is not None and params.method != "proxy" else None,
         alpha=params.alpha if params.method == "proxy" else None,
         temperature=params.temperature if params.method == "entropy" else None,
+        beta=params.beta if params.method == "contrastive" else None,
+        plausibility=params.plausibility if params.method == "contrastive" else None,
         gate=params.gate.to_lists() if params.gate is not None else None,
         experts=[card.manifest.name for card in experts] if len(experts) > 1 else None,
         fitted_on=fitted_on, validation_nll=validation_nll)
@@ -117,6 +121,7 @@ def evaluate(base: str, cards: list[CardRef], corpus: Path, options: EvalOptions
         base=base, cards=[card.label for card in cards], split=split.note,
         ppl_base=math.exp(-float(score_table.target[0].mean())),
         ppl_expert={card.label: math.exp(-float(score_table.target[i + 1].mean())) for i, card in enumerate(cards)},
+        ppl_anti=_anti_perplexities(model, score_table),
         ppl_fused={method: math.exp(nll) for method, nll in validation.items()},
         ppl_equal_weights=math.exp(equal),
         weights={method: describe(params) for method, params in fitted.params.items()},
@@ -133,6 +138,18 @@ def evaluate(base: str, cards: list[CardRef], corpus: Path, options: EvalOptions
         report.forward_ms_per_step = 1000 * stats.forward_s / max(1, stats.steps - 1)
     report.seconds = {"load": loaded - started, "score": scored - loaded, "fit+speed": time.perf_counter() - scored}
     return report, fitted
+
+
+def _anti_perplexities(model: FusedModel, table: TokenTable) -> dict[str, float]:
+    """Perplexity of each distinct anti-expert that is not the fused base (e.g. the untuned 0.5B under a
+    1.5B base), from the same scoring pass."""
+    if table.anti_target is None:
+        return {}
+    out = {}
+    for index, role in enumerate(model.anti_roles()):
+        if role.model is not model.runtime and role.label not in out:
+            out[role.label] = math.exp(-float(table.anti_target[index].mean()))
+    return out
 
 
 def decode_stats(decoder: FusedDecoder, prompt: list[int], tokens: int):

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import torch
 
 from experts.fusion.cards import CardRef
-from experts.fusion.combine import FusionParams, Gate, default_weights
+from experts.fusion.combine import CD_BETA, CD_PLAUSIBILITY, FusionParams, Gate, default_weights
 from experts.fusion.vocab import VocabPlan, plan_vocabulary
 from experts.models import HUB_ALIASES, load_tokenizer, resolve_base, runtime_model
 from rag.runtime import LocalModel, LocalModelError, resolve_model
@@ -77,6 +77,21 @@ def _same_model(a: str, b: str) -> bool:
         return resolve_base(a)[0] == resolve_base(b)[0]
 
 
+class UndeclaredBase(ValueError):
+    """A card asked to steer a base its manifest does not declare (`model.steers`)."""
+
+
+def check_steers(card: CardRef, base: str) -> None:
+    """A card steers only the bases it declares (its own, plus `model.steers`): sharing a vocabulary makes
+    fusion possible, the declaration says the card's team measured it and stands behind it."""
+    if any(_same_model(declared, base) for declared in card.manifest.model.steerable):
+        return
+    raise UndeclaredBase(f"card {card.label} (trained on {card.base!r}) does not declare that it steers base "
+                         f"{base!r}; it declares {', '.join(repr(b) for b in card.manifest.model.steerable)}. Add "
+                         f"{base!r} to model.steers in its card.toml (the vocabularies must match, which fusion "
+                         "checks), or fuse it with a declared base")
+
+
 class FusedModel:
     """Base + cards on the runtime; a generation holds every model's lock, so runs are serialised."""
 
@@ -85,6 +100,8 @@ class FusedModel:
         self.tokenizer = tokenizer_of(base)
         others = [(f"{card.label} (on {card.base})", tokenizer_of(card.base, card.full)) for card in cards]
         self.vocab: VocabPlan = plan_vocabulary((base, self.tokenizer), others, allow_truncation)
+        for card in cards:
+            check_steers(card, base)
         self.runtime = runtime_model(base)
         self.roles: list[Role] = [Role(base, self.runtime)] + [
             Role(card.label, runtime_model(card.base, card.adapter, card.full)) for card in cards]
@@ -120,15 +137,19 @@ class FusedModel:
             self._anti = anti
         return self._anti
 
-    def _models(self, anti: bool) -> list[LocalModel]:
+    def _roles(self, experts: bool) -> list[Role]:
+        return self.roles if experts else self.roles[:1]
+
+    def _models(self, anti: bool, experts: bool = True) -> list[LocalModel]:
         """Distinct models to evaluate (a model serving several roles runs once)."""
-        roles = self.roles + (self.anti_roles() if anti else [])
+        roles = self._roles(experts) + (self.anti_roles() if anti else [])
         return list({id(role.model): role.model for role in roles}.values())
 
     @contextmanager
-    def session(self, anti: bool = False) -> Iterator["FusedSession"]:
-        """Exclusive use of every model for one sequence; their threads split the cores meanwhile."""
-        models = self._models(anti)
+    def session(self, anti: bool = False, experts: bool = True) -> Iterator["FusedSession"]:
+        """Exclusive use of every model for one sequence; their threads split the cores meanwhile.
+        experts=False leaves the cards out (contrastive decoding needs only the base and the amateurs)."""
+        models = self._models(anti, experts)
         with self.lock, ExitStack() as stack:
             for model in sorted(models, key=id):  # one global order: no deadlock with other users
                 stack.enter_context(model.lock)
@@ -139,7 +160,7 @@ class FusedModel:
             if len(models) > 1 and self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fused-step")
             try:
-                yield FusedSession(self, models, anti)
+                yield FusedSession(self, models, anti, experts)
             finally:
                 for model, threads in zip(models, previous):
                     model.set_threads(threads)
@@ -148,8 +169,10 @@ class FusedModel:
         picked = [logits[id(role.model)][..., :self.vocab.size] for role in roles]
         return torch.log_softmax(torch.stack(picked).float(), dim=-1)
 
-    def _split(self, logits: dict[int, torch.Tensor], anti: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self._logprobs(logits, self.roles), self._logprobs(logits, self.anti_roles()) if anti else None
+    def _split(self, logits: dict[int, torch.Tensor], anti: bool, experts: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return (self._logprobs(logits, self._roles(experts)),
+                self._logprobs(logits, self.anti_roles()) if anti else None)
 
     def _each(self, models: list[LocalModel], call: Any) -> dict[int, torch.Tensor]:
         if len(models) == 1 or self._pool is None:
@@ -163,7 +186,8 @@ class FusedModel:
             return self._split(self._each(session.models, lambda m: m.score(tokens)), anti)
 
     def params(self, method: str | None = None, weights: list[float] | None = None, alpha: float | None = None,
-               temperature: float | None = None) -> FusionParams:
+               temperature: float | None = None, beta: float | None = None,
+               plausibility: float | None = None) -> FusionParams:
         """The rule to use: explicit arguments, else what `mighty fusion fit` stored for these cards and
         this base, else defaults (mixture; base weight 0.7 for mixture and product, an equal prior for
         the entropy rule, alpha 1 for proxy)."""
@@ -185,6 +209,9 @@ class FusedModel:
             temperature=temperature if temperature is not None else (
                 fitted.temperature if use_fit and fitted.temperature is not None else 1.0),
             gate=gate,
+            beta=beta if beta is not None else (fitted.beta if use_fit and fitted.beta is not None else CD_BETA),
+            plausibility=plausibility if plausibility is not None else (
+                fitted.plausibility if use_fit and fitted.plausibility is not None else CD_PLAUSIBILITY),
         )
 
     def _fitted(self):
@@ -201,18 +228,18 @@ class FusedModel:
 class FusedSession:
     """One sequence through every model: `start` after the prompt, `advance` per chosen token."""
 
-    def __init__(self, fused: FusedModel, models: list[LocalModel], anti: bool) -> None:
-        self.fused, self.models, self.anti = fused, models, anti
+    def __init__(self, fused: FusedModel, models: list[LocalModel], anti: bool, experts: bool = True) -> None:
+        self.fused, self.models, self.anti, self.experts = fused, models, anti, experts
 
     def start(self, prompt: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-probs [M, V] of base + experts (and anti-experts [n, V]) after the prompt."""
-        return self.fused._split(self.fused._each(self.models, lambda m: m.prefill(prompt)), self.anti)
+        return self.fused._split(self.fused._each(self.models, lambda m: m.prefill(prompt)), self.anti, self.experts)
 
     def advance(self, token: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         started = time.perf_counter()
         logits = self.fused._each(self.models, lambda m: m.step(token))
         self.fused.forward_s += time.perf_counter() - started
-        return self.fused._split(logits, self.anti)
+        return self.fused._split(logits, self.anti, self.experts)
 
 
 _FUSED: OrderedDict[tuple, FusedModel] = OrderedDict()

@@ -29,6 +29,7 @@ class TokenTable:
     product_nll: torch.Tensor  # [len(PRODUCT_GRID), T]
     proxy_nll: torch.Tensor  # [len(PROXY_GRID), T]
     seconds: float = 0.0
+    anti_target: torch.Tensor | None = None  # [n, T] log p of each card's untuned base (the anti-experts)
 
     @property
     def tokens(self) -> int:
@@ -62,7 +63,7 @@ def score(model: FusedModel, texts: list[str], length: int = 256, batch: int = 1
     started = time.perf_counter()
     chunks = windows(model, texts, length, max_tokens)
     experts = len(model.cards)
-    parts: dict[str, list[torch.Tensor]] = {"target": [], "features": [], "product": [], "proxy": []}
+    parts: dict[str, list[torch.Tensor]] = {"target": [], "features": [], "product": [], "proxy": [], "anti": []}
     for first in range(0, len(chunks), batch):  # windows run one at a time (one KV cache per model)
         for chunk in chunks[first:first + batch]:
             ids = torch.tensor([chunk])
@@ -83,6 +84,7 @@ def score(model: FusedModel, texts: list[str], length: int = 256, batch: int = 1
                 parts["product"].append(torch.stack([
                     pick(product(lp, torch.tensor(default_weights(experts, share)))) for share in PRODUCT_GRID]))
                 parts["proxy"].append(torch.stack([pick(proxy(lp, anti[:, :, :-1], alpha)) for alpha in PROXY_GRID]))
+                parts["anti"].append(torch.stack([-pick(anti[m, :, :-1]) for m in range(anti.shape[0])]))
             if advance is not None:
                 advance(int(valid.sum()))
     if not parts["target"]:
@@ -90,4 +92,5 @@ def score(model: FusedModel, texts: list[str], length: int = 256, batch: int = 1
     empty = torch.zeros(0, sum(p.shape[1] for p in parts["target"]))
     return TokenTable(torch.cat(parts["target"], 1), torch.cat(parts["features"], 0),
                       torch.cat(parts["product"], 1) if experts else empty,
-                      torch.cat(parts["proxy"], 1) if experts else empty, time.perf_counter() - started)
+                      torch.cat(parts["proxy"], 1) if experts else empty, time.perf_counter() - started,
+                      torch.cat(parts["anti"], 1) if experts else None)

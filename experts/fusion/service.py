@@ -42,12 +42,13 @@ def resolve_cards(names: list[str] | tuple[str, ...]) -> list[CardRef]:
 
 def load_decoder(base: str | None, cards: list[CardRef], method: str | None = None,
                  weights: list[float] | None = None, alpha: float | None = None,
-                 temperature: float | None = None) -> FusedDecoder:
+                 temperature: float | None = None, beta: float | None = None,
+                 plausibility: float | None = None) -> FusedDecoder:
     """A decoder for base + cards with the requested rule (default: the cards' fitted rule, else mixture)."""
     base = base or cards[0].base
     try:
         model = get_fused_model(base, cards)
-        return FusedDecoder(model, model.params(method, weights, alpha, temperature))
+        return FusedDecoder(model, model.params(method, weights, alpha, temperature, beta, plausibility))
     except VocabularyMismatch as error:
         raise FusionError(str(error), 422) from None
     except (ModelLoadError, LocalModelError) as error:

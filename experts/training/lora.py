@@ -45,7 +45,7 @@ def attach_lora(model: Any, settings: TrainSettings) -> Any:
     from peft import LoraConfig, get_peft_model
 
     layers = None
-    if settings.last_layers is not None:
+    if settings.last_layers:  # None or 0: every layer
         count = int(model.config.num_hidden_layers)
         layers = list(range(max(0, count - settings.last_layers), count))
     config = LoraConfig(r=settings.rank, lora_alpha=settings.lora_alpha, lora_dropout=settings.dropout,

@@ -24,7 +24,7 @@ from experts.training.batches import Blocks, pack, spread, tokenize
 from experts.training.card_writer import MANIFEST_FILE, describe_corpus, write_adapter, write_manifest
 from experts.training.corpus import COLLECTION_PREFIX, Corpus, CorpusDocument, load_corpus, split_heldout
 from experts.training.perplexity import NLL, heldout_nll
-from experts.training.settings import TrainSettings
+from experts.training.settings import DEFAULT_STEERS, TrainSettings
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -49,6 +49,7 @@ class TrainRequest:
     checkpoint_every: int = 10
     overwrite: bool = False  # replace a finished card already in `out`
     stop_after: int | None = None  # tests: stop after this many steps, as an interruption would
+    steers: list[str] | None = None  # bases the card may steer besides its own (None: DEFAULT_STEERS)
 
 
 class TrainReport(BaseModel):
@@ -177,7 +178,7 @@ def _check_card_fields(request: TrainRequest) -> None:
     try:
         CardManifest(name=request.name, version=request.version, owner=request.owner, kind=request.kind,
                      domain=request.domain or "-", description=request.description or "-",
-                     model=ModelSpec(base=request.settings.base, adapter="adapter"))
+                     model=ModelSpec(base=request.settings.base, adapter="adapter", steers=steers_for(request)))
     except ValidationError as error:
         first = error.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "card"
@@ -197,6 +198,11 @@ def _signature(base: str, blocks: Blocks) -> str:
     return digest.hexdigest()
 
 
+def steers_for(request: TrainRequest) -> list[str]:
+    steers = request.steers if request.steers is not None else DEFAULT_STEERS.get(request.settings.base, ())
+    return [base for base in steers if base != request.settings.base]
+
+
 def _corpus_ref(request: TrainRequest) -> str:
     if request.corpus.startswith(COLLECTION_PREFIX):
         return request.corpus
@@ -212,7 +218,7 @@ def _manifest(request: TrainRequest, corpus, heldout: list[str], train_docs, bas
         name=request.name, version=request.version, owner=request.owner, kind=request.kind,
         domain=request.domain or corpus.name,
         description=request.description or describe_corpus(corpus, [d.key for d in train_docs]),
-        model=ModelSpec(base=settings.base, adapter="adapter"),
+        model=ModelSpec(base=settings.base, adapter="adapter", steers=steers_for(request)),
         collection=request.corpus[len(COLLECTION_PREFIX):] if request.corpus.startswith(COLLECTION_PREFIX) else None,
         heldout=HeldoutSplit(corpus=_corpus_ref(request), corpus_sha256=corpus.sha256, key=corpus.key,
                              seed=settings.seed, documents=heldout),
