@@ -19,6 +19,7 @@ from api.keys import Principal
 from api.state import ServiceState
 from experts.errors import CardNotFound
 from experts.routing import CardsChoice
+from experts.selectors import SelectorSettings
 from indexes.collection import CollectionNotFound
 from indexes.writer import ProgressSink
 from rag import llm
@@ -44,6 +45,7 @@ class AnswerRun:
     max_tokens: int | None = None
     retrieval: bool = True  # False: no retrieved chunks, a closed-book prompt (the model's own knowledge)
     setting: str | None = None
+    selectors: SelectorSettings | None = None  # the card knowledge selectors, as a request may set them
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,8 @@ async def _answer(state: ServiceState, run: AnswerRun, options: llm.LLMOptions, 
     started = time.perf_counter()
     try:
         pipeline, prepared = await answering.prepare(state, run.collection, item.question, run.top_k, "hybrid",
-                                                     None, options, run.cards, retrieve=run.retrieval)
+                                                     None, options, run.cards, run.selectors,
+                                                     retrieve=run.retrieval)
     except HTTPException as exc:
         if exc.status_code < 500:
             raise RunRefused(_detail(exc)) from None

@@ -54,6 +54,9 @@ def answers(ctx: typer.Context, qa: Path = typer.Argument(..., help="QA JSONL: i
             api_key: str = typer.Option(None, envvar="MIGHTY_EVAL_API_KEY", help="Key for --api-base."),
             max_tokens: int = typer.Option(None, help="Answer token limit; default: the server's."),
             limit: int = typer.Option(None, min=1, help="Only the first N questions."),
+            card_selectors: str = typer.Option(None, "--card-selectors",
+                                               help='Knowledge selector overrides as JSON, as on /v1/query, '
+                                                    'e.g. \'{"factuality": false}\'.'),
             settings: str = typer.Option(None, "--settings",
                                          help="Compare settings side by side: all, or some of alone, card, "
                                               "retrieval, retrieval+card (card settings use --cards)."),
@@ -84,7 +87,8 @@ def answers(ctx: typer.Context, qa: Path = typer.Argument(..., help="QA JSONL: i
     items = items[:limit] if limit else items
     if not items:
         raise fail(f"{qa}: no valid question to evaluate", code=EXIT_REJECTED)
-    run = AnswerRun(collection, llm, _cards(cards), top_k, api_base, api_key, max_tokens)
+    run = AnswerRun(collection, llm, _cards(cards), top_k, api_base, api_key, max_tokens,
+                    selectors=_selectors(card_selectors))
     state = ServiceState(ServiceSettings(home=home_from(ctx).root))
     sink = open(out, "w", encoding="utf-8") if out else None
     try:
@@ -148,6 +152,21 @@ def _print_settings(report: dict) -> None:
                       cell(row["card_knowledge"]) if row["knowledge"] else "-",
                       "-" if row["p50_ms"] is None else f"{row['p50_ms']:.0f}", str(row["errors"]))
     out.print(table)
+
+
+def _selectors(value: str | None):
+    """`--card-selectors` JSON, validated by the same model as a request's `card_selectors`."""
+    from pydantic import ValidationError
+
+    from api.errors import describe
+    from experts.selectors import SelectorSettings
+
+    if value is None:
+        return None
+    try:
+        return SelectorSettings.model_validate_json(value)
+    except ValidationError as exc:
+        raise fail(f"--card-selectors: {describe(exc)}") from None
 
 
 def _cards(value: str | None):
