@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default="all")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--timeout-s", type=float, default=1800.0,
+                        help="retrieval, card and model timeouts: generous, as 2 shared cores can be very slow")
     args = parser.parse_args(argv)
 
     from api.answer_runs import AnswerRun, evaluate_settings, parse_settings
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     ensure_collection(args.home, args.corpus)
     card = ensure_card(args.home, args.card)
     items, moved = card_splits(items, card)
-    state = ServiceState(ServiceSettings(home=args.home))
+    state = ServiceState(ServiceSettings(home=args.home, retrieval_timeout_s=args.timeout_s,
+                                         cards_timeout_s=args.timeout_s, llm_timeout_s=args.timeout_s))
     out = args.home.parent / "card-answers.jsonl"
     started = time.time()
     try:

@@ -16,9 +16,10 @@ import pytest
 from rag.prompts import CLOSED_BOOK_PROMPT, SYSTEM_PROMPT
 from tests.cards_helpers import make_card
 from tests.helpers import run_mighty
-from tests.test_answer_eval import ScriptedModel, _qa_lines, scripted_model  # noqa: F401 - the fixture
+from tests import test_answer_eval
+from tests.test_answer_eval import ScriptedModel, _qa_lines
 
-REPO = Path(__file__).resolve().parents[1]
+scripted_model = test_answer_eval.scripted_model  # the scripted OpenAI-compatible model, as a fixture here
 CHUNK = re.compile(r'<source id="\d+" title="[^"]*">')  # a retrieved chunk (card knowledge has an origin)
 UNCHECKED = '{"factuality": false, "relevance_min": -1.0}'  # keep what the untrained card writes
 

@@ -28,8 +28,9 @@ def route_check(ctx: typer.Context,
                 negatives: list[Path] = typer.Option([], "--negatives", help=NEGATIVES_HELP),
                 as_json: bool = typer.Option(False, "--json")) -> None:
     """Precision and recall of `auto` routing per card, with the thresholds in force, on every question."""
-    with _session(ctx) as (state, router, cards):
+    with _session(ctx) as (state, lazy, cards):
         examples = _examples(positives, negatives, {c.manifest.name for c in cards})
+        router = lazy.load()
         scored = _score(router, cards, examples)
         thresholds = {c.manifest.name: router.threshold_for(c.manifest) for c in cards}
         names = sorted({e.card for e in examples if e.card})
@@ -50,8 +51,9 @@ def route_fit(ctx: typer.Context,
     the held-out split before and after, and store the thresholds with the cards."""
     if not 0.0 < fit_fraction < 1.0:
         raise fail("--fit-fraction must be between 0 and 1 (exclusive)")
-    with _session(ctx) as (state, router, cards):
+    with _session(ctx) as (state, lazy, cards):
         examples = _examples(positives, negatives, {c.manifest.name for c in cards})
+        router = lazy.load()
         fit, heldout = split_examples(examples, fit_fraction, seed)
         names = sorted({e.card for e in examples if e.card})
         before = {c.manifest.name: router.threshold_for(c.manifest) for c in cards}
@@ -89,12 +91,22 @@ class _session:
             self.state.close()
             raise fail("no active knowledge card to route to; register one with mighty cards register",
                        EXIT_REJECTED)
-        with err.status("loading the routing embedder"):
-            router = knowledge_stage(self.state).router
-        return self.state, router, cards
+        return self.state, _LazyRouter(lambda: knowledge_stage(self.state).router), cards
 
     def __exit__(self, *exc_info) -> None:
         self.state.close()
+
+
+class _LazyRouter:
+    """The service's router, built (embedder loaded) only when `load` is called: bad question files
+    are refused before that cost."""
+
+    def __init__(self, build) -> None:
+        self._build = build
+
+    def load(self):
+        with err.status("loading the routing embedder"):
+            return self._build()
 
 
 def _examples(positives: list[str], negatives: list[Path], known: set[str]) -> list[RouteExample]:
