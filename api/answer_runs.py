@@ -82,23 +82,45 @@ def parse_settings(value: str) -> list[Setting]:
 
 def evaluate_settings(state: ServiceState, run: AnswerRun, settings: Sequence[Setting], items: Sequence[QAItem],
                       progress: ProgressSink | None = None,
-                      on_result: Callable[[QuestionResult], None] | None = None) -> list[SettingRun]:
+                      on_result: Callable[[QuestionResult], None] | None = None,
+                      interleave: bool = False) -> list[SettingRun]:
     """Every item under every setting, one setting after another with the same answerer and cards.
 
     Settings with card knowledge need the cards named on the run (or `auto`); each such setting starts
-    with an empty knowledge cache, so its latency includes writing the knowledge, as in service."""
+    with an empty knowledge cache, so its latency includes writing the knowledge, as in service.
+    `interleave` answers each question under every setting before the next question, so a run cut
+    short still compares the settings on the same questions (the knowledge cache is then cleared
+    before every card answer instead)."""
     wants_cards = any(s.cards for s in settings)
     if wants_cards and run.cards in (None, "none"):
         raise RunRefused("the card settings need cards: pass --cards NAME[,NAME...] or --cards auto")
     check_cards(state, run.cards if wants_cards else "none")
-    runs = []
-    for setting in settings:
-        if setting.cards:
-            card_knowledge.knowledge_stage(state).writer.clear()
-        variant = replace(run, retrieval=setting.retrieval, cards=run.cards if setting.cards else "none",
-                          setting=setting.name)
-        model, results = evaluate_answers(state, variant, items, progress, on_result)
-        runs.append(SettingRun(setting, model, results))
+    variants = [replace(run, retrieval=s.retrieval, cards=run.cards if s.cards else "none", setting=s.name)
+                for s in settings]
+    if not interleave:
+        runs = []
+        for setting, variant in zip(settings, variants):
+            if setting.cards:
+                card_knowledge.knowledge_stage(state).writer.clear()
+            model, results = evaluate_answers(state, variant, items, progress, on_result)
+            runs.append(SettingRun(setting, model, results))
+        return runs
+    options = [_options(state, variant) for variant in variants]
+    for variant, option in zip(variants, options):
+        _warm_up(state, variant, option)
+    runs = [SettingRun(setting, option.model, []) for setting, option in zip(settings, options)]
+    if progress:
+        progress.start(f"answering with {options[0].model} ({len(settings)} settings each)", len(items))
+    for item in items:
+        for setting_run, variant, option in zip(runs, variants, options):
+            if setting_run.setting.cards:
+                card_knowledge.knowledge_stage(state).writer.clear()
+            result = asyncio.run(_answer(state, variant, option, item))
+            setting_run.results.append(result)
+            if on_result:
+                on_result(result)
+        if progress:
+            progress.advance(1)
     return runs
 
 

@@ -25,6 +25,7 @@ import json
 import sys
 import time
 from dataclasses import replace
+from itertools import zip_longest
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default="all")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--interleave", action="store_true",
+                        help="answer each question in every setting before the next (a run cut short stays paired)")
+    parser.add_argument("--alternate-splits", action="store_true",
+                        help="order questions held-out, training, held-out, ... so a partial run covers both")
+    parser.add_argument("--out", type=Path, default=None, help="per-question JSONL (default <home>/../card-answers.jsonl)")
     parser.add_argument("--timeout-s", type=float, default=1800.0,
                         help="retrieval, card and model timeouts: generous, as 2 shared cores can be very slow")
     args = parser.parse_args(argv)
@@ -114,9 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     ensure_collection(args.home, args.corpus)
     card = ensure_card(args.home, args.card)
     items, moved = card_splits(items, card)
+    if args.alternate_splits:
+        heldout = [item for item in items if item.split == "heldout"]
+        training = [item for item in items if item.split != "heldout"]
+        items = [item for pair in zip_longest(heldout, training) for item in pair if item is not None]
     state = ServiceState(ServiceSettings(home=args.home, retrieval_timeout_s=args.timeout_s,
                                          cards_timeout_s=args.timeout_s, llm_timeout_s=args.timeout_s))
-    out = args.home.parent / "card-answers.jsonl"
+    out = args.out or args.home.parent / "card-answers.jsonl"
     started = time.time()
     try:
         with open(out, "w", encoding="utf-8") as sink:
@@ -124,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 sink.write(result.as_json() + "\n")
                 sink.flush()
             runs = evaluate_settings(state, AnswerRun(COLLECTION, args.answerer, [card.manifest.name], args.top_k),
-                                     settings, items, None, write)
+                                     settings, items, None, write, interleave=args.interleave)
     finally:
         state.close()
     report = settings_report(args.qa.name, COLLECTION, args.top_k, f"{card.manifest.name}@{card.manifest.version}",
