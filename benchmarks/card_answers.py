@@ -86,9 +86,24 @@ def card_splits(items, card) -> tuple[list, list[str]]:
     return relabelled, [a.id for a, b in zip(items, relabelled) if a.split != b.split]
 
 
+def report_from(path: Path, top_k: int) -> dict:
+    """The table again from a per-question file, e.g. of a run stopped early: only questions answered
+    in every setting present count, so the settings stay compared on the same questions."""
+    from api.answer_runs import SETTINGS, SettingRun
+    from api.cli.eval_commands import settings_report
+    from rag.answer_eval import QuestionResult
+
+    rows = [QuestionResult(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    names = [name for name in SETTINGS if any(r.setting == name for r in rows)]
+    complete = {r.id for r in rows if all(any(o.id == r.id and o.setting == n for o in rows) for n in names)}
+    runs = [SettingRun(SETTINGS[name], "", [r for r in rows if r.setting == name and r.id in complete])
+            for name in names]
+    return settings_report(path.name, COLLECTION, top_k, None, runs)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--card", type=Path, required=True, help="card folder (holding card.toml)")
+    parser.add_argument("--card", type=Path, help="card folder (holding card.toml)")
     parser.add_argument("--home", type=Path, default=Path("/work/bench-cache/cardqa/home"))
     parser.add_argument("--corpus", type=Path, default=CORPUS)
     parser.add_argument("--qa", type=Path, default=REPO / "data" / "qa" / "pg-essays-qa.jsonl")
@@ -103,7 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="per-question JSONL (default <home>/../card-answers.jsonl)")
     parser.add_argument("--timeout-s", type=float, default=1800.0,
                         help="retrieval, card and model timeouts: generous, as 2 shared cores can be very slow")
+    parser.add_argument("--report-only", type=Path, default=None,
+                        help="print the table from this per-question file instead of answering")
     args = parser.parse_args(argv)
+    if args.report_only:
+        from api.cli.eval_commands import _print_settings
+
+        report = report_from(args.report_only, args.top_k)
+        _print_settings(report)
+        print(json.dumps(report))
+        return 0
 
     from api.answer_runs import AnswerRun, evaluate_settings, parse_settings
     from api.cli.eval_commands import _print_settings, settings_report
@@ -111,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     from api.state import ServiceState
     from rag.answer_eval import load_qa
 
+    if args.card is None:
+        parser.error("--card is required (unless --report-only)")
     items, rejected = load_qa(args.qa)
     if rejected:
         print("\n".join(rejected), file=sys.stderr)
