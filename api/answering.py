@@ -18,7 +18,7 @@ from rag import cascade_router, cascade_spec, llm
 from rag.pipeline import AnswerPipeline, AnswerResponse, Prepared
 from experts.routing import CardsChoice
 from experts.selectors import SelectorSettings
-from rag.schemas import Filters, Mode
+from rag.schemas import Filters, Mode, RetrievalResult
 
 T = TypeVar("T")
 
@@ -88,17 +88,24 @@ async def retrieve_in_time(state: ServiceState, search: Callable[..., T], *args)
 
 async def prepare(state: ServiceState, collection: str, query: str, top_k: int, mode: Mode,
                   filters: Filters | None, options: llm.LLMOptions, cards: CardsChoice | None = None,
-                  selectors: SelectorSettings | None = None) -> tuple[AnswerPipeline, Prepared]:
-    """Retrieve, let expert cards add checked knowledge, and assemble the prompt."""
+                  selectors: SelectorSettings | None = None, retrieve: bool = True) -> tuple[AnswerPipeline, Prepared]:
+    """Retrieve, let expert cards add checked knowledge, and assemble the prompt.
+
+    `retrieve=False` (answer evaluations comparing settings) shows the model no retrieved chunks and
+    asks it to answer from its own knowledge plus any card knowledge (a closed-book prompt)."""
     check_limits(state, query, top_k)
     try:
         pipeline = state.pipeline(collection, options.model)
     except CollectionNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-    retrieval = await retrieve_in_time(state, pipeline.retrieve, query, top_k, mode, filters)
+    if retrieve:
+        retrieval = await retrieve_in_time(state, pipeline.retrieve, query, top_k, mode, filters)
+    else:
+        retrieval = RetrievalResult(query=query, collection=collection, mode=mode, generation=0, hits=[])
     knowledge = await card_knowledge.gather(state, query, cards, retrieval, selectors)
     sources, report = (knowledge.sources(), knowledge.report()) if knowledge else ([], None)
-    return pipeline, await run_in_threadpool(pipeline.prepare, query, retrieval, options, sources, report)
+    return pipeline, await run_in_threadpool(pipeline.prepare, query, retrieval, options, sources, report,
+                                             not retrieve)
 
 
 async def complete(pipeline: AnswerPipeline, prepared: Prepared) -> AnswerResponse:

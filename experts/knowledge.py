@@ -50,6 +50,11 @@ class KnowledgeWriter:
         self._cache: OrderedDict[str, list[str]] = OrderedDict()
         self._lock = threading.Lock()  # one card writes at a time: generations would only fight for cores
 
+    def clear(self) -> None:
+        """Forget every cached passage (an evaluation that times knowledge writing starts cold)."""
+        with self._lock:
+            self._cache.clear()
+
     def write(self, card: CardLike, query: str) -> Written:
         started = time.perf_counter()
         settings = card.manifest.generation

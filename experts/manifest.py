@@ -103,6 +103,18 @@ class FusionSettings(_Strict):
     validation_nll: float | None = None
 
 
+class RoutingSettings(_Strict):
+    """How `auto` routing treats this card; written by `mighty cards route-fit` into a new card version."""
+
+    threshold: float | None = Field(None, ge=-1, le=1, description="query similarity this card needs to be "
+                                    "consulted (default: the server's card_route_threshold)")
+    fitted_on: str | None = Field(None, description="the question sets the threshold was fitted on")
+    fit_examples: int | None = Field(None, ge=0, description="questions in the fit split")
+    heldout_precision: float | None = Field(None, ge=0, le=1, description="on the held-out split, after fitting")
+    heldout_recall: float | None = Field(None, ge=0, le=1, description="on the held-out split, after fitting")
+    fitted_at: datetime | None = None
+
+
 class HeldoutSplit(_Strict):
     """Which documents of the training corpus were held out, so evaluations never score training text."""
 
@@ -137,6 +149,7 @@ class CardManifest(_Strict):
                                                      "(used to fact-check its knowledge)")
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     fusion: FusionSettings = Field(default_factory=FusionSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
     metrics: CardMetrics = Field(default_factory=CardMetrics)
     heldout: HeldoutSplit | None = None
     training: dict[str, Any] | None = Field(None, description="the settings `mighty cards train` used, so a "

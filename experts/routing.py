@@ -8,7 +8,7 @@ decides. Every card considered gets a line in the report saying why it was or wa
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 import numpy as np
@@ -39,12 +39,24 @@ class CardRouter:
                  threshold: float = 0.35, max_cards: int = 2) -> None:
         self.encode = encode
         self.centroid = centroid
-        self.threshold = threshold
+        self.threshold = threshold  # for cards without a fitted threshold of their own
         self.max_cards = max_cards
         self._descriptions: dict[str, np.ndarray] = {}
 
+    def threshold_for(self, manifest: CardManifest) -> float:
+        """The card's own threshold (fitted by `mighty cards route-fit`), else the server's."""
+        fitted = manifest.routing.threshold
+        return self.threshold if fitted is None else fitted
+
     def route(self, query: str, cards: Sequence[CardLike]) -> list[RouteDecision]:
-        """Score every knowledge card; the best `max_cards` at or above the threshold are selected."""
+        """Score every knowledge card; the best `max_cards` at or above their thresholds are selected."""
+        decisions = self.score(query, cards)
+        thresholds = {c.manifest.name: self.threshold_for(c.manifest) for c in cards}
+        return select(decisions, thresholds, self.max_cards,
+                      fitted={c.manifest.name for c in cards if c.manifest.routing.threshold is not None})
+
+    def score(self, query: str, cards: Sequence[CardLike]) -> list[RouteDecision]:
+        """Unselected decisions carrying each knowledge card's similarity to the query."""
         candidates = [c for c in cards if "knowledge" in c.manifest.kind]
         if not candidates:
             return []
@@ -58,19 +70,7 @@ class CardRouter:
             score = max(description, centroid if centroid is not None else -1.0)
             decisions.append(RouteDecision(manifest.name, manifest.version, False, "", round(score, 4),
                                            round(description, 4), None if centroid is None else round(centroid, 4)))
-        ranked = sorted(decisions, key=lambda d: -(d.score or 0.0))
-        chosen = 0
-        for decision in ranked:
-            if (decision.score or 0.0) < self.threshold:
-                decision.reason = f"similarity {decision.score:.2f} below the routing threshold {self.threshold:.2f}"
-            elif chosen >= self.max_cards:
-                decision.reason = f"similar ({decision.score:.2f}) but {self.max_cards} better cards were chosen"
-            else:
-                chosen += 1
-                decision.selected = True
-                which = "description" if decision.score == decision.description_similarity else "corpus centroid"
-                decision.reason = f"{which} similarity {decision.score:.2f} >= threshold {self.threshold:.2f}"
-        return ranked
+        return decisions
 
     def _description(self, manifest: CardManifest) -> np.ndarray:
         key = f"{manifest.name}@{manifest.version}"
@@ -78,6 +78,28 @@ class CardRouter:
             text = f"{manifest.domain}: {manifest.description}"
             self._descriptions[key] = self.encode([text])[0]
         return self._descriptions[key]
+
+
+def select(decisions: Sequence[RouteDecision], thresholds: dict[str, float], max_cards: int,
+           fitted: set[str] | frozenset[str] = frozenset()) -> list[RouteDecision]:
+    """Mark the best `max_cards` decisions at or above their card's threshold as selected, best first.
+
+    Pure, so a threshold fit can replay routing under candidate thresholds without re-encoding."""
+    ranked = [replace(d, selected=False, reason="") for d in sorted(decisions, key=lambda d: -(d.score or 0.0))]
+    chosen = 0
+    for decision in ranked:
+        threshold = thresholds[decision.card]
+        kind = "fitted threshold" if decision.card in fitted else "routing threshold"
+        if (decision.score or 0.0) < threshold:
+            decision.reason = f"similarity {decision.score:.2f} below the {kind} {threshold:.2f}"
+        elif chosen >= max_cards:
+            decision.reason = f"similar ({decision.score:.2f}) but {max_cards} better cards were chosen"
+        else:
+            chosen += 1
+            decision.selected = True
+            which = "description" if decision.score == decision.description_similarity else "corpus centroid"
+            decision.reason = f"{which} similarity {decision.score:.2f} >= {kind} {threshold:.2f}"
+    return ranked
 
 
 def named(cards: Sequence[CardLike]) -> list[RouteDecision]:

@@ -50,6 +50,8 @@ class QAItem:
     question: str
     answers: list[str]
     doc: str
+    title: str | None = None  # the document's title: citing any chunk of it counts (a long essay has many)
+    split: str | None = None  # e.g. heldout / training: accuracy is also reported per split
 
 
 def load_qa(path: Path) -> tuple[list[QAItem], list[str]]:
@@ -95,7 +97,11 @@ def _item(line: str) -> QAItem:
     for answer in answers:
         if not normalize(answer):
             raise ValueError(f"gold answer {answer!r} is empty once punctuation and articles are removed")
-    return QAItem(record["id"], record["question"], list(answers), record["doc"])
+    for key in ("title", "split"):
+        if key in record and (not isinstance(record[key], str) or not record[key].strip()):
+            raise ValueError(f"{key!r}, when given, must be a non-empty string")
+    return QAItem(record["id"], record["question"], list(answers), record["doc"], record.get("title"),
+                  record.get("split"))
 
 
 def strip_markers(text: str) -> str:
@@ -162,6 +168,9 @@ class QuestionResult:
     question: str
     doc: str
     golds: list[str]
+    title: str | None = None
+    split: str | None = None
+    setting: str | None = None  # which comparison setting answered it (`--settings`), None for a plain run
     answer: str = ""
     correct: bool = False
     f1: float = 0.0
@@ -171,6 +180,7 @@ class QuestionResult:
     hit: bool = False
     in_context: bool = False
     faithfulness: float | None = None
+    card_knowledge: bool = False  # expert-card knowledge survived the selectors and reached the prompt
     latency_ms: float = 0.0
     first_token_ms: float | None = None
     prompt_tokens: int = 0
@@ -184,22 +194,32 @@ class QuestionResult:
 
 
 def score(result: QuestionResult, cited: Sequence[str], retrieved: Sequence[str], shown: Sequence[Source],
-          encode: Encode) -> QuestionResult:
-    """Fill in the quality fields from what the pipeline answered, cited, retrieved and showed."""
+          encode: Encode, *, cited_titles: Sequence[str] = (), retrieved_titles: Sequence[str] = ()) -> QuestionResult:
+    """Fill in the quality fields from what the pipeline answered, cited, retrieved and showed.
+
+    The right document is the item's `doc` id or, when the item names a `title`, any source with
+    that title (corpora such as pg-essays store one essay as many chunk ids)."""
+    def right(ids: Sequence[str], titles: Sequence[str]) -> bool:
+        return result.doc in ids or (result.title is not None and result.title in titles)
+
     result.correct = contains_answer(result.answer, result.golds)
     result.f1 = round(token_f1(result.answer, result.golds), 4)
     result.cited_docs = list(dict.fromkeys(cited))
-    result.citation_correct = result.doc in result.cited_docs
+    result.citation_correct = right(result.cited_docs, cited_titles)
     result.retrieved_docs = list(dict.fromkeys(retrieved))
-    result.hit = result.doc in result.retrieved_docs
-    result.in_context = any(s.id == result.doc for s in shown)
+    result.hit = right(result.retrieved_docs, retrieved_titles)
+    result.in_context = any(right([s.id], [s.title]) for s in shown)
     value = faithfulness(result.answer, shown, encode)
     result.faithfulness = None if value is None else round(value, 4)
     return result
 
 
-def summarise(results: Sequence[QuestionResult], top_k: int) -> dict[str, float | int | None]:
-    """Averages over every question (a failed one counts as wrong); rates over those that produced tokens."""
+def summarise(results: Sequence[QuestionResult], top_k: int,
+              retrieval: bool = True) -> dict[str, float | int | None]:
+    """Averages over every question (a failed one counts as wrong); rates over those that produced tokens.
+
+    Without retrieval there is no document to cite or hit, so those rates are None, not 0; accuracy is
+    also given per `split` when the QA items name one (e.g. essays a card was or was not trained on)."""
     n = len(results)
 
     def share(values) -> float:
@@ -209,16 +229,23 @@ def summarise(results: Sequence[QuestionResult], top_k: int) -> dict[str, float 
         values = [v for v in values if v is not None]
         return round(percentile(values, 50), 2) if values else None
 
+    def when_retrieving(value: float) -> float | None:
+        return value if retrieval else None
+
     faithful = [r.faithfulness for r in results if r.faithfulness is not None]
     latencies = [r.latency_ms for r in results if r.error is None]
+    splits = sorted({r.split for r in results if r.split})
     return {
         "questions": n,
         "errors": sum(r.error is not None for r in results),
         "accuracy": share(r.correct for r in results),
+        **{f"accuracy_{split}": round(sum(r.correct for r in results if r.split == split)
+                                      / sum(r.split == split for r in results), 4) for split in splits},
         "f1": share(r.f1 for r in results),
-        "citation_accuracy": share(r.citation_correct for r in results),
-        f"hit@{top_k}": share(r.hit for r in results),
-        "context_hit": share(r.in_context for r in results),
+        "citation_accuracy": when_retrieving(share(r.citation_correct for r in results)),
+        f"hit@{top_k}": when_retrieving(share(r.hit for r in results)),
+        "context_hit": when_retrieving(share(r.in_context for r in results)),
+        "card_knowledge": share(r.card_knowledge for r in results),
         "faithfulness": round(sum(faithful) / len(faithful), 4) if faithful else None,
         "p50_ms": round(percentile(latencies, 50), 1) if latencies else None,
         "p95_ms": round(percentile(latencies, 95), 1) if latencies else None,

@@ -69,14 +69,17 @@ class AnswerPipeline:
         return len(self.retriever.collection.chunker.tokenizer.encode(text, add_special_tokens=False).ids)
 
     def prepare(self, query: str, retrieval: RetrievalResult, options: llm.LLMOptions,
-                knowledge: Sequence[Source] = (), cards: dict | None = None) -> Prepared:
-        """Retrieved chunks fill the budget left after expert-card knowledge, and are numbered first."""
+                knowledge: Sequence[Source] = (), cards: dict | None = None, closed_book: bool = False) -> Prepared:
+        """Retrieved chunks fill the budget left after expert-card knowledge, and are numbered first.
+
+        `closed_book` asks the model to answer from its own knowledge (plus any card knowledge)."""
         started = time.perf_counter()
         reserved = sum(self.count_tokens(s.text) + 16 for s in knowledge)
         sources = assemble(retrieval.hits, max(self.context_tokens - reserved, 0), self.count_tokens,
                            self.min_relative_score)
         sources += [replace(s, number=len(sources) + i + 1) for i, s in enumerate(knowledge)]
-        prepared = Prepared(retrieval, sources, answer_messages(query, sources), options, cards=cards)
+        prepared = Prepared(retrieval, sources, answer_messages(query, sources, closed_book), options,
+                            cards=cards)
         prepared.timings = {"retrieve": retrieval.timings_ms.get("total", 0.0), "assemble": _ms(started)}
         return prepared
 

@@ -55,17 +55,33 @@ def answers(ctx: typer.Context, qa: Path = typer.Argument(..., help="QA JSONL: i
             api_key: str = typer.Option(None, envvar="MIGHTY_EVAL_API_KEY", help="Key for --api-base."),
             max_tokens: int = typer.Option(None, help="Answer token limit; default: the server's."),
             limit: int = typer.Option(None, min=1, help="Only the first N questions."),
+            card_selectors: str = typer.Option(None, "--card-selectors",
+                                               help='Knowledge selector overrides as JSON, as on /v1/query, '
+                                                    'e.g. \'{"factuality": false}\'.'),
+            settings: str = typer.Option(None, "--settings",
+                                         help="Compare settings side by side: all, or some of alone, card, "
+                                              "retrieval, retrieval+card (card settings use --cards)."),
             out: Path = typer.Option(None, "--out", help="Write one JSON line per question here."),
             as_json: bool = typer.Option(False, "--json")) -> None:
     """Answer every question through the service's answer pipeline and score the answers: accuracy,
-    token F1, citation accuracy, retrieval hit@k, faithfulness, latency and tokens/s."""
-    from api.answer_runs import AnswerRun, RunRefused, _options, evaluate_answers
+    token F1, citation accuracy, retrieval hit@k, faithfulness, latency and tokens/s.
+
+    With --settings the same questions are answered with and without retrieval and card knowledge,
+    and one row per setting is printed (or one JSON object with a row per setting). With a cascade
+    model the small model, its confidences and the large model run once per question and the
+    threshold sweep is printed."""
+    from api.answer_runs import (AnswerRun, RunRefused, _options, evaluate_answers, evaluate_settings,
+                                 parse_settings)
     from api.settings import ServiceSettings
     from api.state import ServiceState
     from rag.answer_eval import QAError, load_qa, summarise
 
     if top_k < 1:
         raise fail("--top-k must be at least 1")
+    try:
+        chosen = parse_settings(settings) if settings is not None else None
+    except RunRefused as exc:
+        raise fail(str(exc)) from None
     try:
         items, rejected = load_qa(qa)
     except QAError as exc:
@@ -75,26 +91,43 @@ def answers(ctx: typer.Context, qa: Path = typer.Argument(..., help="QA JSONL: i
     items = items[:limit] if limit else items
     if not items:
         raise fail(f"{qa}: no valid question to evaluate", code=EXIT_REJECTED)
-    run = AnswerRun(collection, llm, _cards(cards), top_k, api_base, api_key, max_tokens)
+    run = AnswerRun(collection, llm, _cards(cards), top_k, api_base, api_key, max_tokens,
+                    selectors=_selectors(card_selectors))
     state = ServiceState(ServiceSettings(home=home_from(ctx).root))
     try:
         resolved = _options(state, run).model
     except RunRefused as exc:
         state.close()
         raise fail(str(exc)) from None
+    if is_cascade(resolved) and chosen is not None:
+        state.close()
+        raise fail("--settings compares one answer model across settings; a cascade prints its own "
+                   "threshold sweep: drop --settings or name a single --llm")
     if is_cascade(resolved):
         _cascade_answers(state, run, items, qa, out, as_json, rejected)
         return
     sink = open(out, "w", encoding="utf-8") if out else None
     try:
         with RichProgress() as progress:
-            model, results = evaluate_answers(state, run, items, progress, on_result=_writer(sink))
+            if chosen is not None:
+                runs = evaluate_settings(state, run, chosen, items, progress, on_result=_writer(sink))
+            else:
+                model, results = evaluate_answers(state, run, items, progress, on_result=_writer(sink))
     except RunRefused as exc:
         raise fail(str(exc)) from None
     finally:
         if sink:
             sink.close()
         state.close()
+    if chosen is not None:
+        report = settings_report(qa.name, collection, top_k, run.cards, runs)
+        if as_json:
+            print(json.dumps(report))
+        else:
+            _print_settings(report)
+        if rejected or any(row["errors"] for row in report["settings"]):
+            raise typer.Exit(EXIT_REJECTED)
+        return
     report = {"qa": qa.name, "collection": collection, "model": model, "top_k": top_k, **summarise(results, top_k)}
     if as_json:
         print(json.dumps(report))
@@ -148,6 +181,53 @@ def cascade_curve_report(records, model: str) -> dict:
     overhead = {p: round(sum(r.overhead_ms.get(p, 0.0) for r in records) / max(len(records), 1), 1) for p in curves}
     return {"model": model, "questions": len(records), "baselines": cascade_curve.as_dicts([small, large]),
             "at_threshold": chosen, "policy_overhead_ms": overhead, "curves": curves}
+
+
+def settings_report(qa: str, collection: str, top_k: int, cards, runs) -> dict:
+    """One JSON object: the run's identity and one summary row per setting, in the order run."""
+    from rag.answer_eval import summarise
+
+    rows = [{"setting": r.setting.name, "sources": r.setting.retrieval, "knowledge": r.setting.cards,
+             **summarise(r.results, top_k, retrieval=r.setting.retrieval)} for r in runs]
+    return {"qa": qa, "collection": collection, "model": runs[0].model if runs else None, "top_k": top_k,
+            "cards": cards, "settings": rows}
+
+
+def _print_settings(report: dict) -> None:
+    from rich.table import Table
+
+    from api.cli.context import out
+
+    def cell(value) -> str:
+        return "-" if value is None else f"{value:.1%}" if isinstance(value, float) else str(value)
+
+    top_k = report["top_k"]
+    splits = sorted({key for row in report["settings"] for key in row if key.startswith("accuracy_")})
+    table = Table("setting", "retrieval", "card knowledge", "accuracy", *[s.replace("accuracy_", "acc. ")
+                  for s in splits], "F1", "citation acc.", f"hit@{top_k}", "knowledge used", "p50 ms", "errors",
+                  title=f"{report['qa']} answered by {report['model']} (cards: {report['cards']})")
+    for row in report["settings"]:
+        table.add_row(row["setting"], "yes" if row["sources"] else "no", "yes" if row["knowledge"] else "no",
+                      cell(row["accuracy"]), *[cell(row.get(s)) for s in splits], cell(row["f1"]),
+                      cell(row["citation_accuracy"]), cell(row[f"hit@{top_k}"]),
+                      cell(row["card_knowledge"]) if row["knowledge"] else "-",
+                      "-" if row["p50_ms"] is None else f"{row['p50_ms']:.0f}", str(row["errors"]))
+    out.print(table)
+
+
+def _selectors(value: str | None):
+    """`--card-selectors` JSON, validated by the same model as a request's `card_selectors`."""
+    from pydantic import ValidationError
+
+    from api.errors import describe
+    from experts.selectors import SelectorSettings
+
+    if value is None:
+        return None
+    try:
+        return SelectorSettings.model_validate_json(value)
+    except ValidationError as exc:
+        raise fail(f"--card-selectors: {describe(exc)}") from None
 
 
 def _cards(value: str | None):

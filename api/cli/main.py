@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from api.cli import (card_commands, cascade_commands, eval_commands, fusion_commands, index_commands,
+                     route_commands,
                      search_commands, serve_commands, train_commands)
 from api import providers
 from api.cli.context import quiet_models
@@ -28,6 +29,8 @@ app.command("demo")(search_commands.demo)
 app.command("serve")(serve_commands.serve)
 app.add_typer(serve_commands.keys_app, name="keys")
 card_commands.app.command("train")(train_commands.train)
+card_commands.app.command("route-check")(route_commands.route_check)
+card_commands.app.command("route-fit")(route_commands.route_fit)
 app.add_typer(card_commands.app, name="cards")
 
 
