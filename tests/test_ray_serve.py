@@ -65,7 +65,7 @@ def test_serve_on_ray_answers_like_one_process_and_follows_commits(ray_address, 
                             ("hybrid", "what does a thermometer measure")):
             answer = httpx.post(f"{url}/v1/retrieve", timeout=120,
                                 json={"collection": "corpus", "query": query, "mode": mode, "top_k": 8})
-            assert answer.status_code == 200, answer.text
+            assert answer.status_code == 200, answer.text + log.read_text()[-4000:]
             body = answer.json()
             expected = local.search(RetrievalRequest(query=query, mode=mode, top_k=8))
             assert body["hits"] and _same(body["hits"], expected.hits)

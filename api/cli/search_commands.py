@@ -80,9 +80,9 @@ def demo(ctx: typer.Context, docs: Path = typer.Option(Path("data/docs"), help="
         get_model(default_llm.split("/", 1)[1])
     out.print(f"try:  curl -s localhost:{port}/v1/query -H 'content-type: application/json' "
               f"-d '{{\"query\": \"{query}\", \"collection\": \"{collection}\"}}'", highlight=False)
-    from api.cli.serve_commands import serve as serve_command
+    from api.cli.serve_commands import run_service
 
-    serve_command(ctx, host="127.0.0.1", port=port, no_auth=True, llm=None, workers=1)
+    run_service(ctx, host="127.0.0.1", port=port, no_auth=True)
 
 
 def show(result: RetrievalResult) -> None:

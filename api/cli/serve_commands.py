@@ -36,6 +36,21 @@ def serve(ctx: typer.Context, host: str = typer.Option("127.0.0.1"), port: int =
           api_resource: str = typer.Option(None, help="--ray: a custom resource naming the nodes that run the API "
                                                       "and the query embedder (default: any node).")) -> None:
     """Start the REST service (OpenAPI docs at /docs)."""
+    run_service(ctx, host, port, no_auth, llm, workers, ray,
+                ServeChoices(shard_replicas, shard_policy, shard_timeout, api_resource))
+
+
+@dataclass(frozen=True)
+class ServeChoices:
+    replicas: int = 1
+    policy: str = "flag"
+    timeout: float = 5.0
+    api_resource: str | None = None
+
+
+def run_service(ctx: typer.Context, host: str, port: int, no_auth: bool, llm: str | None = None, workers: int = 1,
+                ray: str | None = None, choices: ServeChoices = ServeChoices()) -> None:
+    """The service with plain arguments (`mighty demo` calls this too, outside typer's option parsing)."""
     import uvicorn
 
     from api.app import create_app
@@ -47,7 +62,7 @@ def serve(ctx: typer.Context, host: str = typer.Option("127.0.0.1"), port: int =
     err.print(f"Mighty on http://{host}:{port} (docs at /docs; home {settings.home})")
     err.print(banner(settings), highlight=False)
     if ray is not None:
-        _serve_on_ray(settings, ray, host, port, ServeChoices(shard_replicas, shard_policy, shard_timeout, api_resource))
+        _serve_on_ray(settings, ray, host, port, choices)
         return
     if workers < 2:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
@@ -70,14 +85,6 @@ def check_drafts() -> None:
             err.print(f"speculative decoding: {pair}")
     except LocalModelError as error:
         raise fail(str(error)) from None
-
-
-@dataclass(frozen=True)
-class ServeChoices:
-    replicas: int
-    policy: str
-    timeout: float
-    api_resource: str | None
 
 
 def _serve_on_ray(settings, address: str, host: str, port: int, choices: ServeChoices) -> None:

@@ -61,8 +61,12 @@ class _EmbedderClient:
     def __init__(self, handle, collection: str) -> None:
         self.handle, self.collection = handle, collection
 
+    def submit(self, query: str):
+        """Start the call and return at once (its `.result()` waits): BM25 runs meanwhile, as locally."""
+        return self.handle.embed.remote(self.collection, query)
+
     def embed(self, query: str) -> np.ndarray:
-        return self.handle.embed.remote(self.collection, query).result()
+        return self.submit(query).result()
 
 
 class ServeRetriever(Retriever):
