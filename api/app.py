@@ -22,7 +22,8 @@ from indexes.names import InvalidCollectionName
 
 def create_app(settings: ServiceSettings | None = None, backend: Backend | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
-    providers.install()
+    backend = backend or Backend()
+    providers.install(backend.llm_providers())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -6,6 +6,8 @@ and the fusion code load when a `fusion:` model is first used.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rag import llm
 
 
@@ -15,5 +17,9 @@ def _register_fusion() -> object:
     return register_fusion_provider()
 
 
-def install() -> None:
+def install(overrides: dict[str, Callable[[], object]] | None = None) -> None:
+    """The in-process `fusion/` provider, then `overrides` (a backend's, by prefix: on Ray Serve the
+    `local/` and `fusion/` models decode in the model deployment, see `api.ray_serve.models`)."""
     llm.add_provider("fusion/", _register_fusion)
+    for prefix, register in (overrides or {}).items():
+        llm.add_provider(prefix, register)

@@ -6,6 +6,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,15 +76,25 @@ def runs_locally(model: str) -> bool:
 
 
 class Backend:
-    """Where a collection's searches run. This default runs everything in the server process; `mighty
-    serve --ray` passes one that sends shard searches and query embedding to Ray Serve deployments
-    (`api.ray_serve`), so nothing here imports Ray."""
+    """Where a collection's searches and the local models run. This default runs everything in the
+    server process; `mighty serve --ray` passes one that sends shard searches, query embedding and
+    local-model decoding to Ray Serve deployments (`api.ray_serve`), so nothing here imports Ray."""
 
     def collection(self, collection: Collection) -> Collection:
         return collection
 
     def retriever(self, collection: Collection) -> Retriever:
         return Retriever(collection)
+
+    def models(self) -> Any:
+        """The host fused generation runs on (`api.local_models.InProcessModels` or its Serve twin)."""
+        from api.local_models import InProcessModels
+
+        return InProcessModels()
+
+    def llm_providers(self) -> dict[str, Callable[[], object]]:
+        """LiteLLM providers to use instead of the in-process ones, by model prefix (`rag.llm.add_provider`)."""
+        return {}
 
 
 class ServiceState:

@@ -18,11 +18,16 @@ from rag.runtime.speculative import paired_model
 PROVIDER = "local"
 
 
+def load_local(name: str) -> LocalModel:
+    """The loaded model a client named (never a path), drafting for it when the operator paired it with
+    a draft model (see `rag.runtime.speculative`); LocalModelError when there is no such model."""
+    return paired_model(name) or get_model(name, allow_paths=False)
+
+
 def local_model(name: str) -> LocalModel:
-    """The loaded model (drafting for it when the operator paired it with a draft model, see
-    `rag.runtime.speculative`), with load failures turned into an error LiteLLM reports as-is (404)."""
+    """`load_local`, with load failures turned into an error LiteLLM reports as-is (404)."""
     try:
-        return paired_model(name) or get_model(name, allow_paths=False)
+        return load_local(name)
     except LocalModelError as error:
         raise CustomLLMError(status_code=404, message=str(error)) from error
 

@@ -54,11 +54,11 @@ def start_server(args: list[str], port: int, env: dict, log: Path, timeout: floa
 
 
 @contextmanager
-def serving(home: Path, *flags: str, timeout: float = 240) -> Iterator[tuple[str, int, Path]]:
-    """`mighty serve FLAGS` on `home` at a free loopback port: yields (base URL, port, log file) and
-    stops the server afterwards."""
+def serving(home: Path, *flags: str, timeout: float = 240, env: dict | None = None) -> Iterator[tuple[str, int, Path]]:
+    """`mighty serve FLAGS` on `home` at a free loopback port (with `env` added to the environment):
+    yields (base URL, port, log file) and stops the server afterwards."""
     port = free_port()
-    env = {**os.environ, "MIGHTY_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "MIGHTY_HOME": str(home), "HF_HUB_OFFLINE": "1", **(env or {})}
     log = home.parent / "server.log"
     process = start_server(["serve", "--port", str(port), *flags], port, env, log, timeout)
     try:

@@ -1,13 +1,16 @@
 """`mighty serve --ray ADDRESS` on a single-node Ray: the REST API through Ray Serve, with each shard
-of a sharded collection a Serve deployment and query embedding in the embedder deployment.
+of a sharded collection a Serve deployment, query embedding in the embedder deployment and local
+models in the model deployment.
 
-Ray is started here (`num_cpus=2`, no dashboard), once for the module; the real CLI joins it, so
-the test sees what a user sees: answers over HTTP equal to the single-process retriever's, the
-shards report, and a commit that reaches the shard replicas at the next query.
+Ray is started here (`num_cpus=2`, no dashboard), once for the module, and one server joins it for
+every test, so the tests see what a user sees: answers over HTTP equal to the single-process ones,
+the shards report, a commit reaches the shard replicas at the next query, and each model's calls go
+to the one model replica that loaded it.
 """
 from __future__ import annotations
 
 import os
+import threading
 
 import httpx
 import pytest
@@ -22,10 +25,12 @@ from indexes.collection import Home  # noqa: E402
 from indexes.documents import SourceDocument  # noqa: E402
 from rag.retriever import Retriever  # noqa: E402
 from rag.schemas import RetrievalRequest  # noqa: E402
-from tests.helpers import serving  # noqa: E402
 from indexes.config import CollectionConfig, FusionConfig  # noqa: E402
+from tests.fusion_helpers import BASE, make_lora_card  # noqa: E402
+from tests.helpers import run_mighty, serving  # noqa: E402
 
 SHARDS = 2
+QUESTION = [{"role": "user", "content": "Give one tip for a new startup."}]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +44,12 @@ def ray_address():
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory, msmarco_records):
+def card(tmp_path_factory):
+    return make_lora_card(tmp_path_factory.mktemp("serve-card") / "essays-card", "essays", scale=0.03)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, msmarco_records, card):
     root = tmp_path_factory.mktemp("serve-home") / "home"
     # real embeddings: the embedder deployment embeds queries with the collection's own model
     collection = Home(root).create(CollectionConfig(name="corpus", shards=SHARDS, fusion=FusionConfig(calibrate=False)))
@@ -47,7 +57,16 @@ def home(tmp_path_factory, msmarco_records):
         for record in msmarco_records[:60]:
             writer.upsert(SourceDocument(record["_id"], record["text"]))
         writer.commit()
+    registered = run_mighty(root, "cards", "register", str(card))  # clients name registered cards
+    assert registered.returncode == 0, registered.stderr
     return root
+
+
+@pytest.fixture(scope="module")
+def server(ray_address, home):
+    flags = ("--no-auth", "--ray", ray_address, "--shard-timeout", "9", "--model-replicas", "2")
+    with serving(home, *flags, timeout=420) as (url, _, log):
+        yield url, log
 
 
 def _same(hits, expected) -> bool:
@@ -56,26 +75,100 @@ def _same(hits, expected) -> bool:
 
 
 @pytest.mark.slow
-def test_serve_on_ray_answers_like_one_process_and_follows_commits(ray_address, home):
+def test_serve_on_ray_answers_like_one_process_and_follows_commits(server, home):
+    url, log = server
     local = Retriever(Home(home).open("corpus"))
-    with serving(home, "--no-auth", "--ray", ray_address, "--shard-timeout", "9", timeout=420) as (url, _, log):
-        deployments = serve.status().applications["mighty"].deployments
-        assert {"ingress", "embedder", "corpus--shard-0", "corpus--shard-1"} <= set(deployments)
-        for mode, query in (("bm25", "temperature thermometer"), ("dense", "how hot is the sun"),
-                            ("hybrid", "what does a thermometer measure")):
-            answer = httpx.post(f"{url}/v1/retrieve", timeout=120,
-                                json={"collection": "corpus", "query": query, "mode": mode, "top_k": 8})
-            assert answer.status_code == 200, answer.text + log.read_text()[-4000:]
-            body = answer.json()
-            expected = local.search(RetrievalRequest(query=query, mode=mode, top_k=8))
-            assert body["hits"] and _same(body["hits"], expected.hits)
-            assert body["shards"] == {"shards": 2, "answered": [0, 1], "missing": [], "partial": False}
+    deployments = serve.status().applications["mighty"].deployments
+    assert {"ingress", "embedder", "local-models", "corpus--shard-0", "corpus--shard-1"} <= set(deployments)
+    for mode, query in (("bm25", "temperature thermometer"), ("dense", "how hot is the sun"),
+                        ("hybrid", "what does a thermometer measure")):
+        answer = httpx.post(f"{url}/v1/retrieve", timeout=120,
+                            json={"collection": "corpus", "query": query, "mode": mode, "top_k": 8})
+        assert answer.status_code == 200, answer.text + log.read_text()[-4000:]
+        body = answer.json()
+        expected = local.search(RetrievalRequest(query=query, mode=mode, top_k=8))
+        assert body["hits"] and _same(body["hits"], expected.hits)
+        assert body["shards"] == {"shards": 2, "answered": [0, 1], "missing": [], "partial": False}
 
-        collection = Home(home).open("corpus")
-        with collection.writer() as writer:  # a new generation reaches the shard replicas at the next query
-            writer.upsert(SourceDocument("new-doc", "zebra quagga okapi"))
-            writer.commit()
-        found = httpx.post(f"{url}/v1/retrieve", timeout=120,
-                           json={"collection": "corpus", "query": "zebra quagga", "mode": "bm25"}).json()
-        assert [h["id"] for h in found["hits"]] == ["new-doc"]
-        assert found["generation"] == collection.snapshot().generation
+    collection = Home(home).open("corpus")
+    with collection.writer() as writer:  # a new generation reaches the shard replicas at the next query
+        writer.upsert(SourceDocument("new-doc", "zebra quagga okapi"))
+        writer.commit()
+    found = httpx.post(f"{url}/v1/retrieve", timeout=120,
+                       json={"collection": "corpus", "query": "zebra quagga", "mode": "bm25"}).json()
+    assert [h["id"] for h in found["hits"]] == ["new-doc"]
+    assert found["generation"] == collection.snapshot().generation
+
+
+def _replica_reports(replicas: int) -> list:
+    """What each model replica loaded and served (calls without a model id reach any replica)."""
+    handle = serve.get_deployment_handle("local-models", app_name="mighty")
+    seen: dict = {}
+    for _ in range(100):
+        report = handle.report.remote().result(timeout_s=60)
+        seen[report.replica] = report
+        if len(seen) == replicas:
+            break
+    return list(seen.values())
+
+
+def _streamed_text(client: httpx.Client, path: str, body: dict) -> list[dict]:
+    import json
+
+    with client.stream("POST", path, json={**body, "stream": True}) as events:
+        assert events.status_code == 200, events.read()
+        return [json.loads(line[6:]) for line in events.iter_lines()
+                if line.startswith("data: ") and line != "data: [DONE]"]
+
+
+@pytest.mark.slow
+def test_local_models_decode_like_one_process_on_the_replica_that_holds_them(server, card):
+    """Fused generation, fused and local chat through Serve give the single-process greedy text, and
+    each model is loaded once, on one of the two model replicas, which then serves all its calls."""
+    from api.local_models import FusionRule, PromptJob, chat, fused_ref, load, local_ref, prompt_result
+    from api.routers.fusion import FusionGenerateRequest
+    from experts.fusion.cards import resolve_card
+    from rag.litellm_provider import sampling_options
+    from rag.runtime import LOOP_NGRAM, SamplingOptions
+
+    url, log = server
+    fused, local = f"fusion:{BASE}+essays", f"local/{BASE}"
+    generate = {"cards": ["essays"], "prompts": ["Startups should", "The best programmers"], "max_tokens": 12}
+    with httpx.Client(base_url=url, timeout=300) as client:
+        whole = client.post("/v1/fusion/generate", json=generate)
+        assert whole.status_code == 200, whole.text + log.read_text()[-4000:]
+        pieces = ["", ""]
+        for event in _streamed_text(client, "/v1/fusion/generate", generate):
+            if "delta" in event:
+                pieces[event["index"]] += event["delta"]
+        fused_chat = client.post("/v1/chat/completions", json={"model": fused, "messages": QUESTION, "max_tokens": 12})
+        assert fused_chat.status_code == 200, fused_chat.text
+        local_chats = [client.post("/v1/chat/completions", json={"model": local, "messages": QUESTION, "max_tokens": 12})
+                       for _ in range(2)]
+        assert all(r.status_code == 200 for r in local_chats), local_chats[0].text + log.read_text()[-4000:]
+        local_stream = _streamed_text(client, "/v1/chat/completions",
+                                      {"model": local, "messages": QUESTION, "max_tokens": 12})
+        unknown = client.post("/v1/chat/completions", json={"model": f"fusion:{BASE}+no-such-card", "messages": QUESTION})
+        assert unknown.status_code == 404 and "no-such-card" in unknown.json()["detail"]
+
+    # single process: what `mighty serve` without Ray runs (api.local_models), here in the test process
+    ref = fused_ref(None, [resolve_card(str(card))])
+    model = load(ref)
+    request = FusionGenerateRequest(**generate)
+    expected = prompt_result(model, FusionRule(), PromptJob(request.prompts, None, request.sampling(), None),
+                             threading.Event())
+    texts = [c["text"] for c in expected["choices"]]
+    assert all(texts) and [c["text"] for c in whole.json()["choices"]] == texts and pieces == texts
+    chat_options = SamplingOptions(max_tokens=12, no_repeat_ngram=LOOP_NGRAM)
+    assert fused_chat.json()["choices"][0]["message"]["content"] == chat(model, FusionRule(), QUESTION, chat_options,
+                                                                         None, threading.Event()).text
+    local_text = load(local_ref(BASE)).generate(QUESTION, sampling_options({"max_tokens": 12})).text
+    assert [r.json()["choices"][0]["message"]["content"] for r in local_chats] == [local_text, local_text]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in local_stream if c.get("choices")) == local_text
+
+    reports = _replica_reports(2)
+    assert len(reports) == 2
+    for model_id, calls in ((ref.id, 3), (local_ref(BASE).id, 3)):
+        holders = [r for r in reports if r.loads.get(model_id)]
+        assert len(holders) == 1 and holders[0].loads[model_id] == 1, reports  # loaded once, on one replica
+        assert holders[0].calls.get(model_id) == calls, reports  # which then took every call for it

@@ -26,18 +26,21 @@ def serve(ctx: typer.Context, host: str = typer.Option("127.0.0.1"), port: int =
           workers: int = typer.Option(1, help="uvicorn worker processes."),
           ray: str = typer.Option(None, "--ray", metavar="ADDRESS",
                                   help="Serve on Ray Serve: a cluster address, or 'local' to start Ray here "
-                                       "(needs the ray extra). Shards, the query embedder and the API become "
-                                       "deployments."),
+                                       "(needs the ray extra). Shards, the query embedder, the local models "
+                                       "and the API become deployments."),
           shard_replicas: int = typer.Option(1, min=1, max=64, help="--ray: read replicas per shard."),
           shard_policy: str = typer.Option("flag", help="--ray: when a shard does not answer, 'flag' the result "
                                                         "as partial (naming the shards that answered) or "
                                                         "'refuse' it with 503."),
           shard_timeout: float = typer.Option(5.0, min=0.1, help="--ray: seconds a shard may take to answer."),
+          model_replicas: int = typer.Option(1, min=1, max=64, help="--ray: replicas of the local-model deployment "
+                                                                   "(each holds up to 3 models; a model's calls go "
+                                                                   "to replicas that hold it)."),
           api_resource: str = typer.Option(None, help="--ray: a custom resource naming the nodes that run the API "
                                                       "and the query embedder (default: any node).")) -> None:
     """Start the REST service (OpenAPI docs at /docs)."""
     run_service(ctx, host, port, no_auth, llm, workers, ray,
-                ServeChoices(shard_replicas, shard_policy, shard_timeout, api_resource))
+                ServeChoices(shard_replicas, shard_policy, shard_timeout, api_resource, model_replicas))
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class ServeChoices:
     policy: str = "flag"
     timeout: float = 5.0
     api_resource: str | None = None
+    model_replicas: int = 1
 
 
 def run_service(ctx: typer.Context, host: str, port: int, no_auth: bool, llm: str | None = None, workers: int = 1,
@@ -99,7 +103,8 @@ def _serve_on_ray(settings, address: str, host: str, port: int, choices: ServeCh
     except ImportError:
         raise fail("--ray needs Ray: pip install 'mighty[ray]'") from None
     try:
-        options = ServeOptions(choices.replicas, timeout_s=choices.timeout, policy=choices.policy,
+        options = ServeOptions(choices.replicas, model_replicas=choices.model_replicas, timeout_s=choices.timeout,
+                               policy=choices.policy,
                                api_resources={choices.api_resource: 0.01} if choices.api_resource else {})
         serve_until_interrupted(settings, address, host, port, options)
     except (ConnectionError, ValueError) as exc:

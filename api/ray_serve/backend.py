@@ -14,6 +14,7 @@ import numpy as np
 from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
 
+from api.ray_serve.models import ServeModels, serve_providers
 from api.state import Backend
 from indexes.collection import Collection, ShardedCollection
 from indexes.ray_shards import RemoteShardedCollection
@@ -79,12 +80,20 @@ class ServeRetriever(Retriever):
 
 class ServeBackend(Backend):
     """Sharded collections that have shard deployments search through them; the others (and
-    collections created after start-up) are served in the ingress replica as without Ray."""
+    collections created after start-up) are served in the ingress replica as without Ray. Local and
+    fused models decode in the model deployment, never in the ingress."""
 
-    def __init__(self, shards: dict[str, list], embedder, timeout_s: float, policy: str) -> None:
+    def __init__(self, shards: dict[str, list], embedder, models, timeout_s: float, policy: str) -> None:
         self.shards, self.embedder, self.timeout_s, self.policy = shards, embedder, timeout_s, policy
+        self._models = ServeModels(models)
         self._wrapped: dict[str, tuple[Collection, Collection]] = {}
         self._lock = threading.Lock()
+
+    def models(self) -> ServeModels:
+        return self._models
+
+    def llm_providers(self) -> dict:
+        return serve_providers(self._models)
 
     def collection(self, collection: Collection) -> Collection:
         handles = self.shards.get(collection.name)

@@ -4,11 +4,18 @@
   are read replicas of that shard folder, placed on nodes declaring the `shard_<i>` resource when
   the cluster has such nodes;
 - the embedder (`embedder`), which embeds each query once for the coordinator;
+- the local models (`local-models`, `models.LocalModels`): `local/` and `fusion:` decoding, each
+  model loaded with `@serve.multiplexed` and its calls routed to replicas that hold it;
 - the ingress (`ingress`), the unchanged FastAPI app, whose sharded collections fan out to the
-  shard deployments (`backend.ServeBackend`).
+  shard deployments and whose local-model calls go to the model deployment (`backend.ServeBackend`).
+
+Replicas are Ray worker processes, which do not inherit the environment of the process that ran
+`mighty serve --ray`: the model and API deployments get its MIGHTY_* and Hugging Face offline settings
+(threads, operator-registered models, card bases) through their runtime environment.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +25,8 @@ import ray
 from ray import serve
 
 from api.ray_serve.backend import ServeBackend
+from api.ray_serve.models import DEPLOYMENT as MODELS
+from api.ray_serve.models import LocalModels
 from api.settings import ServiceSettings
 from indexes.collection import Home, ShardedCollection
 from indexes.ray_shards import ShardHost, shard_resource
@@ -30,6 +39,7 @@ class ServeOptions:
 
     shard_replicas: int = 1
     embedder_replicas: int = 1
+    model_replicas: int = 1  # replicas of the local-model deployment (each holds up to MODELS_PER_REPLICA)
     ingress_replicas: int = 1
     timeout_s: float = 5.0
     policy: str = "flag"  # "flag": partial results name the shards that answered; "refuse": 503
@@ -62,9 +72,10 @@ class QueryEmbedder:
 class Ingress:
     """The whole REST API, as `mighty serve` has it, with sharded collections served by deployments."""
 
-    def __init__(self, settings_json: str, shards: dict[str, list], embedder, timeout_s: float, policy: str) -> None:
+    def __init__(self, settings_json: str, shards: dict[str, list], embedder, models, timeout_s: float,
+                 policy: str) -> None:
         self.settings = ServiceSettings.model_validate_json(settings_json)
-        self.backend = ServeBackend(shards, embedder, timeout_s, policy)
+        self.backend = ServeBackend(shards, embedder, models, timeout_s, policy)
 
     def __serve_build_asgi_app__(self) -> Any:
         from api.app import create_app
@@ -85,8 +96,14 @@ def sharded_collections(home: Home) -> dict[str, ShardedCollection]:
     return found
 
 
+def forwarded_environment() -> dict[str, str]:
+    """The settings a replica's runtime reads from the environment, as this process has them."""
+    return {name: value for name, value in os.environ.items()
+            if name.startswith("MIGHTY_") or name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+
+
 def application(settings: ServiceSettings, options: ServeOptions = ServeOptions()):
-    """The bound Serve application: ingress, embedder and one deployment per shard."""
+    """The bound Serve application: ingress, embedder, local models and one deployment per shard."""
     home = Home(settings.home)
     available = ray.cluster_resources() if ray.is_initialized() else {}
     actor = {"num_cpus": options.cpus}
@@ -99,9 +116,11 @@ def application(settings: ServiceSettings, options: ServeOptions = ServeOptions(
             deployment = serve.deployment(ShardReplica, name=f"{name}--shard-{i}", num_replicas=options.shard_replicas,
                                           ray_actor_options={**actor, "resources": resources})
             shards[name].append(deployment.bind(i, str(shard_folder(collection.folder, i)), config_json))
-    api = {**actor, "resources": dict(options.api_resources)}
+    api = {**actor, "resources": dict(options.api_resources), "runtime_env": {"env_vars": forwarded_environment()}}
     embedder = serve.deployment(QueryEmbedder, name="embedder", num_replicas=options.embedder_replicas,
                                 ray_actor_options=api).bind(str(settings.home))
+    models = serve.deployment(LocalModels, name=MODELS, num_replicas=options.model_replicas,
+                              ray_actor_options=api).bind()
     ingress = serve.deployment(Ingress, name="ingress", num_replicas=options.ingress_replicas,
                                ray_actor_options=api)
-    return ingress.bind(settings.model_dump_json(), shards, embedder, options.timeout_s, options.policy)
+    return ingress.bind(settings.model_dump_json(), shards, embedder, models, options.timeout_s, options.policy)

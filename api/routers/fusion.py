@@ -1,17 +1,17 @@
 """Fused generation over HTTP: `POST /v1/fusion/generate`, and `fusion:` models in chat completions.
 
-Generation is CPU-bound and serialised per fused model, so it runs in worker threads; streaming
-sends tokens as server-sent events as soon as they are settled. A client that goes away cancels its
-generation after the current token.
+The routes check the request (base allowed, cards registered, decoding controls) and hand the
+decoding to the backend's model host (`api.local_models`): worker threads of this process by
+default, the Serve model deployment with `mighty serve --ray`. Streaming sends tokens as server-sent
+events as soon as they are settled; a client that goes away cancels its generation after the
+current token.
 """
 from __future__ import annotations
 
-import asyncio
-import threading
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, status
-from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from api import openai_chat as envelopes
@@ -20,7 +20,6 @@ from api.keys import Principal
 from api.schemas import ChatRequest
 from api.state import ServiceState
 from rag.runtime import LOOP_NGRAM, GenerationTimeout
-from rag.runtime.decode import Deadline
 
 router = APIRouter(prefix="/v1/fusion", tags=["fusion"])
 MAX_PROMPTS = 16
@@ -68,16 +67,23 @@ class FusionGenerateRequest(BaseModel):
                                top_k=self.top_k, repetition_penalty=self.repetition_penalty,
                                no_repeat_ngram=self.no_repeat_ngram, stop=self.stop, seed=self.seed)
 
+    def rule(self):
+        from api.local_models import FusionRule
+
+        return FusionRule(self.method, self.weights, self.alpha, self.entropy_temperature, self.beta,
+                          self.plausibility)
+
 
 def _http(error: Exception) -> HTTPException:
     return HTTPException(getattr(error, "status", status.HTTP_422_UNPROCESSABLE_CONTENT), str(error))
 
 
-async def _decoder(loader, *args, **kwargs):
+async def _checked(call, *args):
+    """A validation step (base on the allow-list, cards registered) in a worker thread, as a 4xx."""
     from experts.fusion.service import FusionError
 
     try:
-        return await run_in_threadpool(loader, *args, **kwargs)  # first use loads weights: seconds
+        return await run_in_threadpool(call, *args)
     except FusionError as error:
         raise _http(error) from None
 
@@ -91,83 +97,68 @@ def _timeout_error(error: Exception) -> HTTPException:
     return HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, {"stage": "llm", "message": str(error)})
 
 
+async def _answered(awaitable):
+    """A model host's answer, its failures as HTTP errors: an unusable card, rule or prompt is a 4xx,
+    time running out 504, no model replica able to take the call 503."""
+    from api.local_models import ModelsUnavailable
+    from experts.fusion.service import FusionError
+
+    try:
+        return await awaitable
+    except FusionError as error:
+        raise _http(error) from None
+    except GenerationTimeout as error:
+        raise _timeout_error(error) from None
+    except ModelsUnavailable as error:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error), {"Retry-After": "5"}) from None
+    except ValueError as error:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
+
+
+async def _started(stream):
+    """The first item of a host's stream, before any response is sent: a model that cannot be loaded or
+    a rule or prompt that cannot be used answers 4xx, not a stream that breaks at once."""
+    try:
+        return await _answered(anext(stream))
+    except HTTPException:
+        await stream.aclose()
+        raise
+
+
 @router.post("/generate")
 async def generate(body: FusionGenerateRequest, state: ServiceState = Depends(get_state),
                    _: Principal = Depends(get_principal)):
-    from experts.fusion.evaluate import describe
-    from experts.fusion.service import check_client_base, load_decoder, resolve_cards
+    from api.local_models import PromptJob, fused_ref
+    from experts.fusion.service import check_client_base, resolve_cards
 
-    await _decoder(check_client_base, body.base)
-    cards = await run_in_threadpool(_cards_or_http, resolve_cards, body.cards)
-    decoder = await _decoder(load_decoder, body.base, cards, body.method, body.weights, body.alpha,
-                             body.entropy_temperature, body.beta, body.plausibility)
+    await _checked(check_client_base, body.base)
+    cards = await _checked(resolve_cards, body.cards)
     try:
         options = body.sampling()
     except ValidationError as error:
         raise _invalid(error) from None
-    if body.messages is not None:
-        prompts = [decoder.encode_chat(body.messages)]
-    else:
-        prompts = [decoder.encode_text(p) for p in (body.prompts or [body.prompt])]
-    if any(not p for p in prompts):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "a prompt is empty")
-    summary = {"model": decoder.model.describe(), "method": decoder.params.method,
-               "parameters": describe(decoder.params), "vocabulary": decoder.model.vocab.describe()}
-    timeout = state.settings.llm_timeout_s
+    prompts = body.prompts if body.prompts is not None else (None if body.prompt is None else [body.prompt])
+    job = PromptJob(prompts, body.messages, options, state.settings.llm_timeout_s)
+    models = state.backend.models()
     if body.stream:
-        return envelopes.sse(_generate_events(decoder, prompts, options, summary, timeout))
-    cancel = threading.Event()
-    try:
-        results = await asyncio.wait_for(run_in_threadpool(decoder.generate, prompts, options, cancel), timeout)
-    except TimeoutError:
-        cancel.set()
-        raise _timeout_error(TimeoutError(f"fused model {summary['model']} took longer than {timeout:g}s")) from None
-    except ValueError as error:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
-    return {**summary, **_outcome(results, decoder)}
+        events = models.prompt_events(fused_ref(body.base, cards), body.rule(), job)
+        summary = await _started(events)
+        return envelopes.sse(_generate_events(summary, events))
+    return await _answered(models.prompt_result(fused_ref(body.base, cards), body.rule(), job))
 
 
-def _cards_or_http(resolve, names):
-    from experts.fusion.service import FusionError
-
-    try:
-        return resolve(names)
-    except FusionError as error:
-        raise _http(error) from None
-
-
-def _outcome(results, decoder) -> dict:
-    stats = decoder.last_stats
-    prompt_tokens = sum(r.prompt_tokens for r in results)
-    completion_tokens = sum(r.completion_tokens for r in results)
-    return {"choices": [{"index": i, "text": r.text, "finish_reason": r.finish_reason,
-                         "completion_tokens": r.completion_tokens} for i, r in enumerate(results)],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-            "stats": {"tokens_per_s": round(stats.tokens_per_s, 2),
-                      "overhead_ms_per_step": round(stats.overhead_ms_per_step, 3),
-                      "mean_weights": stats.mean_weights}}
-
-
-async def _generate_events(decoder, prompts, options, summary: dict, timeout: float):
-    cancel = threading.Event()
-    deadline = Deadline(cancel, timeout)
-    results: list = []
+async def _generate_events(summary: dict, events):
     try:
         yield envelopes.event(summary)
-        async for index, delta in iterate_in_threadpool(decoder.stream(prompts, options, results, cancel)):
-            yield envelopes.event({"index": index, "delta": delta})
-        deadline.close(summary["model"], timeout)
-        yield envelopes.event(_outcome(results, decoder))
+        async for event in events:
+            yield envelopes.event(event)
         yield envelopes.DONE
     except GenerationTimeout as error:
         yield envelopes.error_event("llm", str(error))
     except ValueError as error:
         yield envelopes.error_event("request", str(error))
     finally:
-        cancel.set()
-
-
+        await events.aclose()  # a client gone stops the generation after its current token
 
 
 async def chat_completion(body: ChatRequest, state: ServiceState, completion_id: str):
@@ -177,12 +168,13 @@ async def chat_completion(body: ChatRequest, state: ServiceState, completion_id:
     extensions may be sent as extra body fields: fusion_method, fusion_weights, fusion_alpha,
     repetition_penalty, no_repeat_ngram.
     """
+    from api.local_models import FusionRule, fused_ref
+    from experts.fusion.service import model_cards
     from rag.runtime.sampling import SamplingOptions
-    from experts.fusion.service import chat_generation, chat_stream, decoder_for_model
 
     extra = body.model_extra or {}
-    decoder = await _decoder(decoder_for_model, body.model, extra.get("fusion_method"), extra.get("fusion_weights"),
-                             extra.get("fusion_alpha"))
+    base, cards = await _checked(model_cards, body.model)
+    rule = FusionRule(extra.get("fusion_method"), extra.get("fusion_weights"), extra.get("fusion_alpha"))
     try:
         options = SamplingOptions(
             max_tokens=body.max_completion_tokens or body.max_tokens or state.settings.answer_tokens,
@@ -193,31 +185,29 @@ async def chat_completion(body: ChatRequest, state: ServiceState, completion_id:
     except ValidationError as error:
         raise _invalid(error) from None
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    timeout = state.settings.llm_timeout_s
+    timeout, models = state.settings.llm_timeout_s, state.backend.models()
     if body.stream:
-        return envelopes.sse(_chat_chunks(completion_id, body.model, decoder, messages, options, timeout, chat_stream))
-    try:
-        result = await run_in_threadpool(chat_generation, decoder, messages, options, timeout)
-    except GenerationTimeout as error:
-        raise _timeout_error(error) from None
+        deltas = models.chat_deltas(fused_ref(base, cards), rule, messages, options, timeout)
+        await _started(deltas)  # "": the fused model is loaded and the rule usable
+        return envelopes.sse(_chat_chunks(completion_id, body.model, deltas))
+    result = await _answered(models.chat(fused_ref(base, cards), rule, messages, options, timeout))
     return envelopes.completion(completion_id, body.model, result.text,
                                 envelopes.usage(result.prompt_tokens, result.completion_tokens), result.finish_reason)
 
 
-async def _chat_chunks(completion_id: str, model: str, decoder, messages, options, timeout: float, chat_stream):
+async def _chat_chunks(completion_id: str, model: str, deltas):
     def chunk(delta: dict, finish: str | None = None, **extra) -> str:
         return envelopes.chunk(completion_id, model, delta, finish, **extra)
 
-    cancel = threading.Event()
-    results: list = []
     try:
         yield chunk({"role": "assistant", "content": ""})
-        async for delta in iterate_in_threadpool(chat_stream(decoder, messages, options, timeout, cancel, results)):
-            yield chunk({"content": delta})
-        final = results[0]
-        yield chunk({}, final.finish_reason, usage=envelopes.usage(final.prompt_tokens, final.completion_tokens))
+        async for item in deltas:
+            if isinstance(item, str):
+                yield chunk({"content": item})
+            else:  # the final Decoded
+                yield chunk({}, item.finish_reason, usage=envelopes.usage(item.prompt_tokens, item.completion_tokens))
         yield envelopes.DONE
     except GenerationTimeout as error:
         yield envelopes.error_event("llm", str(error))
     finally:
-        cancel.set()
+        await deltas.aclose()

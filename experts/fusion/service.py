@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from experts.fusion.cards import CardNotFound, CardRef, resolve_card
 from experts.fusion.decoder import FusedDecoder, Generation
-from experts.fusion.fused import get_fused_model
+from experts.fusion.fused import FusedModel, get_fused_model
 from rag.runtime.sampling import SamplingOptions
 from experts.fusion.spec import FusionSpecError, parse_fusion_model
 from experts.fusion.vocab import VocabularyMismatch
@@ -40,15 +40,10 @@ def resolve_cards(names: list[str] | tuple[str, ...]) -> list[CardRef]:
         raise FusionError(str(error), 422) from None
 
 
-def load_decoder(base: str | None, cards: list[CardRef], method: str | None = None,
-                 weights: list[float] | None = None, alpha: float | None = None,
-                 temperature: float | None = None, beta: float | None = None,
-                 plausibility: float | None = None) -> FusedDecoder:
-    """A decoder for base + cards with the requested rule (default: the cards' fitted rule, else mixture)."""
-    base = base or cards[0].base
+def load_fused(base: str | None, cards: list[CardRef]) -> FusedModel:
+    """The fused model of base + cards (default base: the first card's), from the process-wide cache."""
     try:
-        model = get_fused_model(base, cards)
-        return FusedDecoder(model, model.params(method, weights, alpha, temperature, beta, plausibility))
+        return get_fused_model(base or cards[0].base, cards)
     except VocabularyMismatch as error:
         raise FusionError(str(error), 422) from None
     except (ModelLoadError, LocalModelError) as error:
@@ -57,15 +52,41 @@ def load_decoder(base: str | None, cards: list[CardRef], method: str | None = No
         raise FusionError(str(error), 422) from None
 
 
-def decoder_for_model(model: str, method: str | None = None, weights: list[float] | None = None,
-                      alpha: float | None = None, temperature: float | None = None) -> FusedDecoder:
-    """A decoder for a `fusion:<base>+<card>[+<card>]` (or `fusion/...`) model string."""
+def fused_decoder(model: FusedModel, method: str | None = None, weights: list[float] | None = None,
+                  alpha: float | None = None, temperature: float | None = None, beta: float | None = None,
+                  plausibility: float | None = None) -> FusedDecoder:
+    """A decoder over a loaded fused model with the requested rule (default: the cards' fitted rule, else
+    mixture); a rule that cannot be used (unknown, unfitted, wrong weights) is a FusionError (422)."""
+    try:
+        return FusedDecoder(model, model.params(method, weights, alpha, temperature, beta, plausibility))
+    except ValueError as error:
+        raise FusionError(str(error), 422) from None
+
+
+def load_decoder(base: str | None, cards: list[CardRef], method: str | None = None,
+                 weights: list[float] | None = None, alpha: float | None = None,
+                 temperature: float | None = None, beta: float | None = None,
+                 plausibility: float | None = None) -> FusedDecoder:
+    """A decoder for base + cards with the requested rule (default: the cards' fitted rule, else mixture)."""
+    return fused_decoder(load_fused(base, cards), method, weights, alpha, temperature, beta, plausibility)
+
+
+def model_cards(model: str) -> tuple[str | None, list[CardRef]]:
+    """The base (None: the cards' own) and the resolved cards a `fusion:<base>+<card>[+<card>]` (or
+    `fusion/...`) model string names, without loading anything."""
     try:
         spec = parse_fusion_model(model)
     except FusionSpecError as error:
         raise FusionError(str(error), 422) from None
     check_client_base(spec.base)
-    return load_decoder(spec.base, resolve_cards(spec.cards), method, weights, alpha, temperature)
+    return spec.base, resolve_cards(spec.cards)
+
+
+def decoder_for_model(model: str, method: str | None = None, weights: list[float] | None = None,
+                      alpha: float | None = None, temperature: float | None = None) -> FusedDecoder:
+    """A decoder for a `fusion:<base>+<card>[+<card>]` (or `fusion/...`) model string."""
+    base, cards = model_cards(model)
+    return load_decoder(base, cards, method, weights, alpha, temperature)
 
 
 def check_client_base(base: str | None) -> None:
