@@ -1,10 +1,11 @@
 """`mighty serve --ray` on a simulated multi-node cluster: a lost node through Ray Serve.
 
-A head node carrying the API (`mighty_api` resource: ingress and embedder run there) and one node per
+A head node carrying the API (`mighty_api` resource: ingress, embedder and local models run there) and one node per
 shard declaring `shard_<i>`, all on loopback (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0). Each shard
 deployment's replica must run on its own node; removing a node must give HTTP answers flagged
-partial that name the shard that answered (never a silent short list); adding the node back must
-restart the shard's replica there and give the full, exact answer again.
+partial that name the shard that answered (never a silent short list), or, under the "refuse"
+policy, a 503 naming the missing shard; adding the node back must restart the shard's replica there
+and give the full, exact answer again.
 """
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ def test_a_lost_node_is_flagged_through_serve_and_its_shard_returns(cluster, hom
         assert body["shards"] == {"shards": 2, "answered": [0], "missing": [1], "partial": True}
         assert body["hits"] and all(shard_of(h["id"], SHARDS) == 0 for h in body["hits"])
 
-        replacement = cluster.add_node(num_cpus=0, resources={shard_resource(1): 1})
+        replacement = nodes[1] = cluster.add_node(num_cpus=0, resources={shard_resource(1): 1})
         deadline = time.monotonic() + 240
         recovered = client.post("/v1/retrieve", json=QUERY).json()
         while recovered["shards"]["partial"] and time.monotonic() < deadline:  # the replica restarts there
@@ -98,3 +99,32 @@ def test_a_lost_node_is_flagged_through_serve_and_its_shard_returns(cluster, hom
             recovered = client.post("/v1/retrieve", json=QUERY).json()
         assert not recovered["shards"]["partial"] and _keys(recovered) == _keys(full)
         assert _placement(home, 1).node_id == replacement.node_id
+
+
+@pytest.mark.slow
+def test_a_lost_node_is_refused_with_503_by_policy_through_serve(cluster, home):
+    """`--shard-policy refuse`: while a shard's node is gone, queries answer 503 naming the shard (never a
+    short list); once a node for it returns, the full answer comes back."""
+    cluster, nodes = cluster
+    serve.shutdown()  # Serve keeps an earlier server's HTTP port; this server listens on a port of its own
+    flags = ("--no-auth", "--ray", cluster.address, "--shard-timeout", "3", "--api-resource", "mighty_api",
+             "--shard-policy", "refuse")
+    with serving(home, *flags, timeout=480) as (url, _, log), httpx.Client(base_url=url, timeout=120) as client:
+        full = client.post("/v1/retrieve", json=QUERY)
+        assert full.status_code == 200, full.text + log.read_text()[-4000:]
+        assert full.json()["shards"]["partial"] is False
+
+        cluster.remove_node(nodes[0])
+        refused = client.post("/v1/retrieve", json=QUERY)
+        assert refused.status_code == 503, refused.text
+        assert "shard(s) [0] did not answer" in refused.json()["detail"]
+        assert refused.headers["retry-after"] == "5"
+
+        nodes[0] = cluster.add_node(num_cpus=0, resources={shard_resource(0): 1})
+        deadline = time.monotonic() + 240
+        recovered = client.post("/v1/retrieve", json=QUERY)
+        while recovered.status_code == 503 and time.monotonic() < deadline:  # the replica restarts there
+            time.sleep(2)
+            recovered = client.post("/v1/retrieve", json=QUERY)
+        assert recovered.status_code == 200, recovered.text
+        assert _keys(recovered.json()) == _keys(full.json()) and not recovered.json()["shards"]["partial"]

@@ -18,7 +18,19 @@ def start(settings: ServiceSettings, address: str | None, host: str, port: int,
     """Deploy ingress, embedder and shard deployments; returns once every replica is up."""
     connect(address)
     serve.start(http_options={"host": host, "port": port})
+    _check_http(host, port)
     serve.run(application(settings, options), name=APP_NAME, route_prefix="/", blocking=False)
+
+
+def _check_http(host: str, port: int) -> None:
+    """Serve already running on the cluster keeps its own HTTP address and ignores ours (with only a
+    log warning): refuse to start rather than serve where nobody asked."""
+    from ray.serve.context import _get_global_client  # what serve.start itself compares with (Ray 2.60)
+
+    running = _get_global_client().http_config
+    if (running.host, running.port) != (host, port):
+        raise ValueError(f"Ray Serve already runs on this cluster at {running.host}:{running.port}; start with "
+                         f"--host {running.host} --port {running.port}, or stop it first (`serve shutdown`)")
 
 
 def serve_until_interrupted(settings: ServiceSettings, address: str | None, host: str, port: int,
