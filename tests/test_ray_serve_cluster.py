@@ -103,8 +103,8 @@ def test_a_lost_node_is_flagged_through_serve_and_its_shard_returns(cluster, hom
 
 @pytest.mark.slow
 def test_a_lost_node_is_refused_with_503_by_policy_through_serve(cluster, home):
-    """`--shard-policy refuse`: while a shard's node is gone, queries answer 503 naming the shard (never a
-    short list); once a node for it returns, the full answer comes back."""
+    """`--shard-policy refuse`: while a shard's node is gone, queries answer 503 naming the shard, never
+    a short list (the shard's return is the previous test's: the policy changes only the reporting)."""
     cluster, nodes = cluster
     serve.shutdown()  # Serve keeps an earlier server's HTTP port; this server listens on a port of its own
     flags = ("--no-auth", "--ray", cluster.address, "--shard-timeout", "3", "--api-resource", "mighty_api",
@@ -112,19 +112,13 @@ def test_a_lost_node_is_refused_with_503_by_policy_through_serve(cluster, home):
     with serving(home, *flags, timeout=480) as (url, _, log), httpx.Client(base_url=url, timeout=120) as client:
         full = client.post("/v1/retrieve", json=QUERY)
         assert full.status_code == 200, full.text + log.read_text()[-4000:]
-        assert full.json()["shards"]["partial"] is False
+        assert full.json()["shards"] == {"shards": 2, "answered": [0, 1], "missing": [], "partial": False}
 
         cluster.remove_node(nodes[0])
-        refused = client.post("/v1/retrieve", json=QUERY)
-        assert refused.status_code == 503, refused.text
-        assert "shard(s) [0] did not answer" in refused.json()["detail"]
-        assert refused.headers["retry-after"] == "5"
-
-        nodes[0] = cluster.add_node(num_cpus=0, resources={shard_resource(0): 1})
-        deadline = time.monotonic() + 240
-        recovered = client.post("/v1/retrieve", json=QUERY)
-        while recovered.status_code == 503 and time.monotonic() < deadline:  # the replica restarts there
-            time.sleep(2)
-            recovered = client.post("/v1/retrieve", json=QUERY)
-        assert recovered.status_code == 200, recovered.text
-        assert _keys(recovered.json()) == _keys(full.json()) and not recovered.json()["shards"]["partial"]
+        for _ in range(2):  # every query while the node is gone, not only the first
+            refused = client.post("/v1/retrieve", json=QUERY)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["detail"] == "shard(s) [0] did not answer; partial results are refused"
+            assert refused.headers["retry-after"] == "5"
+        answer = client.post("/v1/query", json={**QUERY, "llm": "local/smollm2-135m-instruct"})
+        assert answer.status_code == 503 and "shard(s) [0]" in answer.json()["detail"]  # before any LLM call
