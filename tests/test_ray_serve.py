@@ -112,7 +112,11 @@ def _replica_reports(replicas: int) -> list:
     return list(seen.values())
 
 
-def _streamed_text(client: httpx.Client, path: str, body: dict) -> list[dict]:
+def _chat(model: str) -> dict:
+    return {"model": model, "messages": QUESTION, "max_tokens": 12}
+
+
+def _events(client: httpx.Client, path: str, body: dict) -> list[dict]:
     import json
 
     with client.stream("POST", path, json={**body, "stream": True}) as events:
@@ -138,17 +142,15 @@ def test_local_models_decode_like_one_process_on_the_replica_that_holds_them(ser
         whole = client.post("/v1/fusion/generate", json=generate)
         assert whole.status_code == 200, whole.text + log.read_text()[-4000:]
         pieces = ["", ""]
-        for event in _streamed_text(client, "/v1/fusion/generate", generate):
+        for event in _events(client, "/v1/fusion/generate", generate):
             if "delta" in event:
                 pieces[event["index"]] += event["delta"]
-        fused_chat = client.post("/v1/chat/completions", json={"model": fused, "messages": QUESTION, "max_tokens": 12})
+        fused_chat = client.post("/v1/chat/completions", json=_chat(fused))
         assert fused_chat.status_code == 200, fused_chat.text
-        local_chats = [client.post("/v1/chat/completions", json={"model": local, "messages": QUESTION, "max_tokens": 12})
-                       for _ in range(2)]
+        local_chats = [client.post("/v1/chat/completions", json=_chat(local)) for _ in range(2)]
         assert all(r.status_code == 200 for r in local_chats), local_chats[0].text + log.read_text()[-4000:]
-        local_stream = _streamed_text(client, "/v1/chat/completions",
-                                      {"model": local, "messages": QUESTION, "max_tokens": 12})
-        unknown = client.post("/v1/chat/completions", json={"model": f"fusion:{BASE}+no-such-card", "messages": QUESTION})
+        local_stream = _events(client, "/v1/chat/completions", _chat(local))
+        unknown = client.post("/v1/chat/completions", json=_chat(f"fusion:{BASE}+no-such-card"))
         assert unknown.status_code == 404 and "no-such-card" in unknown.json()["detail"]
 
     # single process: what `mighty serve` without Ray runs (api.local_models), here in the test process
@@ -164,7 +166,8 @@ def test_local_models_decode_like_one_process_on_the_replica_that_holds_them(ser
                                                                          None, threading.Event()).text
     local_text = load(local_ref(BASE)).generate(QUESTION, sampling_options({"max_tokens": 12})).text
     assert [r.json()["choices"][0]["message"]["content"] for r in local_chats] == [local_text, local_text]
-    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in local_stream if c.get("choices")) == local_text
+    streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in local_stream if c.get("choices"))
+    assert streamed == local_text
 
     reports = _replica_reports(2)
     assert len(reports) == 2

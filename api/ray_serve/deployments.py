@@ -25,8 +25,6 @@ import ray
 from ray import serve
 
 from api.ray_serve.backend import ServeBackend
-from api.ray_serve.models import DEPLOYMENT as MODELS
-from api.ray_serve.models import LocalModels
 from api.settings import ServiceSettings
 from indexes.collection import Home, ShardedCollection
 from indexes.ray_shards import ShardHost, shard_resource
@@ -104,6 +102,8 @@ def forwarded_environment() -> dict[str, str]:
 
 def application(settings: ServiceSettings, options: ServeOptions = ServeOptions()):
     """The bound Serve application: ingress, embedder, local models and one deployment per shard."""
+    from api.ray_serve.models import LocalModels  # here, not at the top: only model replicas import it
+
     home = Home(settings.home)
     available = ray.cluster_resources() if ray.is_initialized() else {}
     actor = {"num_cpus": options.cpus}
@@ -119,7 +119,7 @@ def application(settings: ServiceSettings, options: ServeOptions = ServeOptions(
     api = {**actor, "resources": dict(options.api_resources), "runtime_env": {"env_vars": forwarded_environment()}}
     embedder = serve.deployment(QueryEmbedder, name="embedder", num_replicas=options.embedder_replicas,
                                 ray_actor_options=api).bind(str(settings.home))
-    models = serve.deployment(LocalModels, name=MODELS, num_replicas=options.model_replicas,
+    models = serve.deployment(LocalModels, name="local-models", num_replicas=options.model_replicas,
                               ray_actor_options=api).bind()
     ingress = serve.deployment(Ingress, name="ingress", num_replicas=options.ingress_replicas,
                                ray_actor_options=api)
