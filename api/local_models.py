@@ -11,6 +11,7 @@ keeps the base and its cards in one replica.
 """
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from rag.runtime import Decoded, LocalModel, SamplingOptions
+from rag.runtime import Decoded, GenerationTimeout, LocalModel, SamplingOptions
 from rag.runtime.decode import Deadline
 
 if TYPE_CHECKING:
@@ -197,8 +198,10 @@ class InProcessModels:
     async def prompt_result(self, ref: ModelRef, rule: FusionRule, job: PromptJob) -> dict:
         model = await self.model(ref)
         cancel = threading.Event()
-        try:
-            return await run_in_threadpool(prompt_result, model, rule, job, cancel)
+        try:  # the timeout covers waiting for the model too (another generation may hold it)
+            return await asyncio.wait_for(run_in_threadpool(prompt_result, model, rule, job, cancel), job.timeout)
+        except TimeoutError:
+            raise GenerationTimeout(f"fused model {ref.id} took longer than {job.timeout:g}s") from None
         finally:
             cancel.set()
 
