@@ -19,7 +19,7 @@ def _register_fusion() -> object:
 
 def install(overrides: dict[str, Callable[[], object]] | None = None) -> None:
     """The in-process `fusion/` provider, then `overrides` (a backend's, by prefix: on Ray Serve the
-    `local/` and `fusion/` models decode in the model deployment, see `api.ray_serve.models`)."""
+    `local/` and `fusion/` models decode in the model deployment, see `api.ray_serve.backend`)."""
     llm.add_provider("fusion/", _register_fusion)
     for prefix, register in (overrides or {}).items():
         llm.add_provider(prefix, register)
