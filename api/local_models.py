@@ -2,11 +2,11 @@
 completions) and, on Ray Serve, every `local/` and `fusion/` LiteLLM call too.
 
 The fusion routes never hold a model themselves: they name what a call needs loaded (`ModelRef`,
-whose `id` is the key models are loaded and routed by) and ask the backend's model host. `InProcessModels`, the
-default, loads through the runtime's process-wide caches and decodes in this process's threads.
-`mighty serve --ray` swaps in `api.ray_serve.backend.ServeModels`, which sends the same calls, and
-LiteLLM's `local/` and `fusion/` calls (in-process providers without Ray), to the Serve model
-deployment; each of its replicas *is* an `InProcessModels` whose loads go through
+whose `id` is the key models are loaded and routed by) and ask the backend's model host.
+`InProcessModels`, the default, loads through the runtime's process-wide caches and decodes in this
+process's threads. `mighty serve --ray` swaps in `api.ray_serve.backend.ServeModels`, which sends
+these calls, and LiteLLM's `local/` and `fusion/` calls (in-process providers without Ray), to the
+Serve model deployment; each of its replicas *is* an `InProcessModels` whose loads go through
 `@serve.multiplexed`, so a model's calls reach the replicas already holding it and fused decoding
 keeps the base and its cards in one replica.
 """
