@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-CORPUS = Path("/work/shared/corpora/pg-essays/corpus.jsonl")
+CORPUS = REPO.parent / "shared" / "corpora" / "pg-essays" / "corpus.jsonl"  # the shared data, used in place
 COLLECTION = "pg-essays"
 
 

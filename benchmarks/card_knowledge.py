@@ -34,7 +34,7 @@ from indexes.readers import read_paths  # noqa: E402
 from rag.retriever import Retriever  # noqa: E402
 from rag.schemas import RetrievalRequest  # noqa: E402
 
-CORPUS = Path("/work/shared/corpora/pg-essays/corpus.jsonl")
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "pg-essays" / "corpus.jsonl"
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

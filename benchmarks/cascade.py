@@ -31,7 +31,7 @@ from rag import cascade_curve  # noqa: E402
 
 CACHE = Path(os.environ.get("MIGHTY_BENCH_CACHE", "/work/bench-cache/cascade"))
 SMALL, LARGE = "local/qwen2.5-coder-0.5b-instruct", "local/qwen2.5-coder-1.5b-instruct"
-PG_CORPUS = Path("/work/shared/corpora/pg-essays/corpus.jsonl")
+PG_CORPUS = REPO.parent / "shared" / "corpora" / "pg-essays" / "corpus.jsonl"
 SETS = {"docs": (REPO / "data" / "qa" / "docs-qa.jsonl", "docs"),
         "pg-essays": (REPO / "data" / "qa" / "pg-essays-qa.jsonl", "pg-essays")}
 TARGET_RELATIVE, TARGET_ESCALATED = 0.95, 0.5

@@ -30,7 +30,7 @@ from indexes.config import EmbedderConfig  # noqa: E402
 from indexes.embedders import Embedder, SentenceTransformerEmbedder  # noqa: E402
 from indexes.onnx_embedder import OnnxEmbedder  # noqa: E402
 
-DATA = Path("/work/shared/benchmarks/msmarco")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "msmarco"
 BACKENDS = ("torch", "onnx", "onnx-int8")
 
 

@@ -113,30 +113,49 @@ def check_facts(sentences: Sequence[str], evidence: Sequence[str], encode: Encod
     support = similarity.max(axis=1)
     kept, dropped = [], []
     for i, sentence in enumerate(sentences):
-        backing = [units[j] for j in np.flatnonzero(similarity[i] >= settings.factuality_min)]
+        # The texts that carry the sentence's claim: similar enough, and close to the best match (a
+        # text that only shares a name, less similar, must not vouch for a claim made elsewhere).
+        floor = max(settings.factuality_min, float(support[i]) - CLAIM_MARGIN)
+        backing = [units[j] for j in np.flatnonzero(similarity[i] >= floor)]
         grounded = bool(backing) and (not settings.factuality_names or _names_grounded(sentence, backing))
         (kept if grounded else dropped).append(sentence)
     return kept, FactualityReport(len(sentences), len(kept), len(dropped), dropped,
                                   [round(float(s), 4) for s in support])
 
 
+CLAIM_MARGIN = 0.05  # how far below the best-matching evidence text a supporting text may be
 _NUMBER = re.compile(r"\d[\d,.]*\d|\d")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]+")
 
 
+# Capitalised only because they open a sentence: never taken for a name.
+_SENTENCE_OPENERS = frozenset(
+    "a an the this that these those it its he she they we you i his her their our my your there here "
+    "in on at by for from with without to of as after before when while if although because since so "
+    "but and or yet also however then thus many most some all every each one two no not".split())
+
+
 def _names(sentence: str) -> set[str]:
-    """Numbers and capitalised words after the first word: what a fluent but wrong sentence gets wrong.
+    """Numbers and capitalised words: what a fluent but wrong sentence gets wrong.
 
     Embedding similarity alone scores "built in Rome in 1920" as close to "completed in 1889 in
-    Paris"; requiring the names and numbers to occur in the supporting text catches that."""
+    Paris"; requiring the names and numbers to occur in the supporting text catches that. The first
+    word counts too unless it is a common sentence opener: "IBM showed ..." must be checked as
+    much as "... shown by IBM"."""
     numbers = {n.strip(".,") for n in _NUMBER.findall(sentence)}
-    words = _WORD.findall(sentence)[1:]
-    return numbers | {w.lower() for w in words if w[0].isupper()}
+    words = _WORD.findall(sentence)
+    names = {w.lower() for w in words[1:] if w[0].isupper()}
+    if words and words[0][0].isupper() and words[0].lower() not in _SENTENCE_OPENERS:
+        names.add(words[0].lower())
+    return numbers | names
 
 
 def _names_grounded(sentence: str, backing: Sequence[str]) -> bool:
-    evidence = " ".join(backing).lower()
-    return all(name.lower() in evidence for name in _names(sentence))
+    """All of a sentence's names and numbers must occur together in one supporting text (a passage or
+    one of its sentences). Why one: a wrong sentence is typically a recombination, the right names
+    from different places ("IBM" from one passage, the claim from another)."""
+    names = _names(sentence)
+    return any(all(name in unit.lower() for name in names) for unit in backing)
 
 
 def _evidence_units(evidence: Sequence[str]) -> list[str]:

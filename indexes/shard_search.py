@@ -58,6 +58,20 @@ class ShardSearcher:
     def stats(self) -> ShardStats:
         return ShardStats.of(self.snapshot)
 
+    def warm(self) -> None:
+        """Run one hybrid search and one text fetch on this shard. Why: the first search of a freshly
+        opened shard pays for lazy work (index files paged in, FAISS and the BM25 code run for the
+        first time), seconds on a busy node; a replica that has not done it yet would miss the
+        coordinator's per-shard deadline and be reported missing although it is up."""
+        segments = [segment for segment in self.snapshot.segments if len(segment.dense.vectors)]
+        if not segments:
+            return
+        vector = np.zeros(segments[0].dense.vectors.shape[1], dtype=np.float32)
+        vector[0] = 1.0
+        stats = self.snapshot.bm25_stats(self.config)
+        found = self.hybrid(["the"], np.ones(1), stats, vector, 1, 16, None)
+        self.chunks(found[3][:1])
+
     def bm25(self, terms: list[str], weights: np.ndarray, k: int, stats: CollectionStats,
              where: Filter | None) -> Scored:
         return _arrays(self.snapshot.bm25_top_k(self.config, terms, weights, k, where, stats))

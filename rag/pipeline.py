@@ -70,13 +70,15 @@ class AnswerPipeline:
 
     def prepare(self, query: str, retrieval: RetrievalResult, options: llm.LLMOptions,
                 knowledge: Sequence[Source] = (), cards: dict | None = None, closed_book: bool = False) -> Prepared:
-        """Retrieved chunks fill the budget left after expert-card knowledge, and are numbered first.
+        """Retrieved chunks fill the context budget and are numbered first; expert-card knowledge
+        comes after them, on top of the budget (each card's share is already bounded by the pruning
+        selector's `prune_tokens`). Why not take the knowledge out of the chunks' budget: a card's
+        background is unverified next to the documents, and it should never push the passage that
+        holds the answer out of the prompt.
 
         `closed_book` asks the model to answer from its own knowledge (plus any card knowledge)."""
         started = time.perf_counter()
-        reserved = sum(self.count_tokens(s.text) + 16 for s in knowledge)
-        sources = assemble(retrieval.hits, max(self.context_tokens - reserved, 0), self.count_tokens,
-                           self.min_relative_score)
+        sources = assemble(retrieval.hits, self.context_tokens, self.count_tokens, self.min_relative_score)
         sources += [replace(s, number=len(sources) + i + 1) for i, s in enumerate(knowledge)]
         prepared = Prepared(retrieval, sources, answer_messages(query, sources, closed_book), options,
                             cards=cards)

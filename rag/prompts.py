@@ -35,7 +35,8 @@ CLOSED_BOOK_PROMPT = (
 )
 
 CARD_NOTE = (" Sources with an origin attribute are background knowledge written by a domain expert model "
-             "and checked against documents; cite them the same way.")
+             "and checked against documents; cite them the same way. That background can still be wrong: "
+             "where it disagrees with a source without an origin attribute, follow the latter.")
 
 ANSWER_PROMPT = ChatPromptTemplate.from_messages([
     ("system", "{system}"),

@@ -243,3 +243,14 @@ def test_a_cards_lora_on_llama_cpp_has_the_same_effect_as_in_transformers(tiny_a
     wrong = load_model(card.manifest.model.base, adapter=folder / "adapter")
     wrong_rows = adapter_effects(wrong, reference_base, reference_card, EFFECT_PROMPTS)
     assert min(r["cosine"] for r in wrong_rows) < min(r["cosine"] for r in rows) - 0.1
+
+
+def test_factuality_wants_a_sentences_names_together_in_one_supporting_text(encode):
+    """A recombination of true pieces is a wrong fact: VisiCorp's role given to IBM, with IBM named
+    elsewhere in the evidence; and a name opening the sentence is checked like any other."""
+    evidence = ["In the early 1980s VisiCorp showed that a software company could make a fortune selling spreadsheets.",
+                "Years later IBM bought a small operating system for its PC."]
+    right, recombined = ("VisiCorp showed that a software company could make a fortune selling spreadsheets.",
+                         "IBM showed that a software company could make a fortune selling spreadsheets.")
+    kept, report = check_facts([right, recombined], evidence, encode, SelectorSettings(factuality_min=0.5))
+    assert kept == [right] and report.dropped_sentences == [recombined]

@@ -74,9 +74,9 @@ def _keys(body: dict) -> list:
 def test_a_lost_node_is_flagged_through_serve_and_its_shard_returns(cluster, home):
     cluster, nodes = cluster
     flags = ("--no-auth", "--ray", cluster.address, "--shard-timeout", "3", "--api-resource", "mighty_api")
-    with serving(home, *flags, timeout=480) as (url, _, _log), httpx.Client(base_url=url, timeout=120) as client:
+    with serving(home, *flags, timeout=480) as (url, _, log), httpx.Client(base_url=url, timeout=120) as client:
         full = client.post("/v1/retrieve", json=QUERY).json()
-        assert full["shards"] == {"shards": 2, "answered": [0, 1], "missing": [], "partial": False}
+        assert full["shards"] == {"shards": 2, "answered": [0, 1], "missing": [], "partial": False}, log.read_text()[-4000:]
         assert full["hits"]
         for shard, node in enumerate(nodes):
             placement = _placement(home, shard)

@@ -47,13 +47,14 @@ class ServeOptions:
 
 class ShardReplica(ShardHost):
     """A read replica of one shard (`ShardHost` answers the coordinator's calls). It opens the
-    committed generation as it starts, so a replica (re)started on a node is ready before traffic."""
+    committed generation and searches it once as it starts, so a replica (re)started on a node is
+    ready, and fast, before traffic reaches it."""
 
     def __init__(self, shard: int, folder: str, config_json: str) -> None:
         super().__init__(shard, folder, config_json)
         committed = read_sharded(self.folder.parents[1])
         if committed is not None:
-            self.call(committed.shards[shard], "describe", ())
+            self.call(committed.shards[shard], "warm", ())
 
 
 class QueryEmbedder:
