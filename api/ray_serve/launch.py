@@ -15,9 +15,12 @@ APP_NAME = "mighty"
 
 def start(settings: ServiceSettings, address: str | None, host: str, port: int,
           options: ServeOptions = ServeOptions()) -> None:
-    """Deploy ingress, embedder and shard deployments; returns once every replica is up."""
+    """Deploy ingress, embedder, local models and shard deployments; returns once every replica is up."""
     connect(address)
-    serve.start(http_options={"host": host, "port": port})
+    # one HTTP proxy, on the head: shard nodes take no client traffic, and a proxy on each would drop the
+    # client connections it happened to hold when its node is lost (in a simulated cluster every node's
+    # proxy even shares 127.0.0.1:port, so any of them may answer)
+    serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": port})
     _check_http(host, port)
     serve.run(application(settings, options), name=APP_NAME, route_prefix="/", blocking=False)
 
