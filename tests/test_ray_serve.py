@@ -152,6 +152,8 @@ def test_local_models_decode_like_one_process_on_the_replica_that_holds_them(ser
         local_stream = _events(client, "/v1/chat/completions", _chat(local))
         unknown = client.post("/v1/chat/completions", json=_chat(f"fusion:{BASE}+no-such-card"))
         assert unknown.status_code == 404 and "no-such-card" in unknown.json()["detail"]
+        missing = client.post("/v1/chat/completions", json=_chat("local/no-such-model"))  # the replica's refusal
+        assert missing.status_code == 502 and "unknown local model 'no-such-model'" in missing.text, missing.text
 
     # single process: what `mighty serve` without Ray runs (api.local_models), here in the test process
     ref = fused_ref(None, [resolve_card(str(card))])
