@@ -73,9 +73,10 @@ def evaluate(home: Path, name: str, collection: str, qa: Path, k: int, reuse: bo
     if reuse and records.exists():
         return records
     llm = f"cascade:{SMALL}>{LARGE}?policy=verify&threshold=0.5&k={k}"
-    subprocess.run([sys.executable, "-m", "api.cli.main", "--home", str(home), "eval", "answers", str(qa),
-                    "-c", collection, "--llm", llm, "--cards", "none", "--out", str(records), "--json"],
-                   cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True)
+    with open(CACHE / f"{name}-eval.log", "w", encoding="utf-8") as log:  # progress and errors, to follow a long run
+        subprocess.run([sys.executable, "-m", "api.cli.main", "--home", str(home), "eval", "answers", str(qa),
+                        "-c", collection, "--llm", llm, "--cards", "none", "--out", str(records), "--json"],
+                       cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=log, stderr=subprocess.STDOUT)
     return records
 
 

@@ -199,6 +199,9 @@ class SpeculativeModel(LocalModel):
     def step(self, token: int) -> torch.Tensor:
         return self.target.step(token)
 
+    def cached_prefix(self, tokens: list[int]) -> int:
+        return self.target.cached_prefix(tokens)
+
     def score(self, tokens: list[int]) -> torch.Tensor:
         return self.target.score(tokens)
 
