@@ -79,11 +79,11 @@ def verify(small: llm.LLMOptions, messages: list[dict], answer: str, k: int, abs
     if abstained:
         return Verification(0.0, "abstained")
     if has_logits(small):
-        return _by_logits(small, messages, answer, k)
-    return _by_samples(small, messages, answer, k)
+        return by_logits(small, messages, answer, k)
+    return by_samples(small, messages, answer, k)
 
 
-def _by_logits(small: llm.LLMOptions, messages: list[dict], answer: str, k: int) -> Verification:
+def by_logits(small: llm.LLMOptions, messages: list[dict], answer: str, k: int) -> Verification:
     from rag.litellm_local import local_model
     from rag.litellm_provider import CustomLLMError
     from rag.runtime import LocalModelError
@@ -119,7 +119,7 @@ def _by_logits(small: llm.LLMOptions, messages: list[dict], answer: str, k: int)
     return result
 
 
-def _by_samples(small: llm.LLMOptions, messages: list[dict], answer: str, k: int) -> Verification:
+def by_samples(small: llm.LLMOptions, messages: list[dict], answer: str, k: int) -> Verification:
     started = time.perf_counter()
     result = Verification(0.0, "samples")
     asked = verify_messages(messages, answer)
