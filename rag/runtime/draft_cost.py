@@ -111,12 +111,14 @@ class DraftCost:
         self.step_ms.add(ms)
         self.plain = 0 if self.on else self.plain + 1
 
-    def round(self, guesses: int, draft_ms: float, verify_ms: float) -> None:
-        """A round drafted `guesses` (in draft_ms) and verified them (in verify_ms)."""
+    def round(self, guesses: int, draft_ms: float | None, verify_ms: float) -> None:
+        """A round drafted `guesses` (in draft_ms; None when the draft first caught up with many tokens)
+        and verified them (in verify_ms)."""
         if guesses <= 0:
             return
         self.guesses.add(guesses)
-        self.draft_ms.add(draft_ms / guesses)
+        if draft_ms is not None:
+            self.draft_ms.add(draft_ms / guesses)
         self.verify_ms.add(verify_ms)
         self.rounds += 1
         self.plain += 1  # counts towards the next probe

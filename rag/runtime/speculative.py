@@ -88,14 +88,18 @@ class Speculator:
             self.pending.clear()
             self._verdict(rejected=True)
         self.target.rewind(len(self.sequence) - 1)  # the target's cache: every accepted token, nothing after
+        drafting = self.cost is None or self.cost.drafting()
+        # the draft reads what it has not seen (the prompt, or tokens chosen while drafting was off)
+        # once: a catch-up, not what each guess costs, so the switch-off rule leaves its time out
+        catch_up = drafting and len(self.sequence) - self.draft.cached_prefix(self.sequence) > self.max_draft + 1
         started = time.perf_counter()
-        guesses = self._draft() if self.cost is None or self.cost.drafting() else []
+        guesses = self._draft() if drafting else []
         drafted = time.perf_counter()
         rows = self.target.append([token, *guesses])
         if self.cost is not None:  # what the switch-off rule weighs: a round against a plain step
             verified = (time.perf_counter() - drafted) * 1000
             if guesses:
-                self.cost.round(len(guesses), (drafted - started) * 1000, verified)
+                self.cost.round(len(guesses), None if catch_up else (drafted - started) * 1000, verified)
             else:
                 self.cost.plain_step(verified)
         self.drafted += len(guesses)
