@@ -175,8 +175,8 @@ def _probe(snapshot: Snapshot, config: CollectionConfig, analyzer: Analyzer, que
     bm25 = config.bm25
     terms, weights = snapshot.bm25_query(analyzer, bm25, query.query)
     entry = snapshot.segments[query.segment].store.document(query.doc_id)
-    own = {(query.segment, query.row)} | (set() if entry is None else
-                                         {(query.segment, r) for r in range(entry.first_row, entry.first_row + entry.rows)})
+    rows = range(entry.first_row, entry.first_row + entry.rows) if entry is not None else []
+    own = {(query.segment, query.row)} | {(query.segment, r) for r in rows}
     k = config.fusion.candidates + len(own)
     lists = {"bm25": snapshot.bm25_top_k(bm25, terms, weights, k),
              "dense": snapshot.dense(vector, k, config.dense.ef_search)}

@@ -95,7 +95,8 @@ class Retriever:
         ranks = {name: _ranks(hits, pool) for name, hits in lists.items()}
         weights: dict[str, float] = {}
         dense = raw.get("dense")
-        params = self._fusion_params(snapshot, request, float(dense.max()) if dense is not None and len(dense) else None)
+        top = float(dense.max()) if dense is not None and len(dense) else None
+        params = self._fusion_params(snapshot, request, top)
         if not pool:
             fused = np.zeros(0)
         elif request.mode != "hybrid":
