@@ -75,13 +75,14 @@ async def _question(state: ServiceState, run: AnswerRun, options: llm.LLMOptions
     record.prepare_ms = round((time.perf_counter() - started) * 1000, 1)
     collection = pipeline.retriever.collection
     encode = (lambda texts: collection.embedder.encode(list(texts)))
-    record.small = _side(cascade.stage_options(options, spec, False), prepared.messages, item, prepared.sources, encode)
+    record.small, raw = _side(cascade.stage_options(options, spec, False), prepared.messages, item, prepared.sources,
+                              encode)
     if record.small.error is None:
-        judged = [("faithfulness", lambda: cascade.faithfulness_confidence(record.small.answer, prepared.sources,
-                                                                           encode))]
-        judged.append(("verify", lambda: cascade.verify_confidence(cascade.stage_options(options, spec, False),
-                                                                   prepared.messages, record.small.answer,
-                                                                   spec.samples)))
+        # both judge the model's own text, as served (citation markers are added after the cascade
+        # decides), which is also what the small model's KV cache holds for verify to continue from
+        judged = [("faithfulness", lambda: cascade.faithfulness_confidence(raw, prepared.sources, encode)),
+                  ("verify", lambda: _verify(record, cascade.stage_options(options, spec, False),
+                                             prepared.messages, raw, spec.samples))]
         for policy, score in judged:
             try:
                 record.confidence[policy], stage = score()
@@ -91,23 +92,36 @@ async def _question(state: ServiceState, run: AnswerRun, options: llm.LLMOptions
     if has_router:
         record.confidence["router"], stage = cascade.router_confidence(collection, item.question)
         record.overhead_ms["router"] = stage.latency_ms
-    record.large = _side(cascade.stage_options(options, spec, True), prepared.messages, item, prepared.sources, encode)
+    record.large, _ = _side(cascade.stage_options(options, spec, True), prepared.messages, item, prepared.sources,
+                            encode)
     return record
 
 
-def _side(options: llm.LLMOptions, messages: list[dict], item: QAItem, sources, encode) -> Side:
-    """One model's streamed answer, timed and scored (after post-hoc citation markers, as served)."""
+def _verify(record: CascadeRecord, small: llm.LLMOptions, messages: list[dict], answer: str,
+            samples: int) -> tuple[float, cascade.Stage]:
+    """verify's confidence, with how it was read kept on the record (per ordering when by logits, so
+    a curve for fewer orderings can be computed from the same pass)."""
+    confidence, stage, found = cascade.verify_detail(small, messages, answer, samples)
+    record.verify = {"method": found.method, "per_ordering": [round(v, 6) for v in found.per_ordering],
+                     "ordering_ms": found.ordering_ms, "prompt_tokens": found.prompt_tokens,
+                     "cached_tokens": found.cached_tokens, "mass": found.mass}
+    return confidence, stage
+
+
+def _side(options: llm.LLMOptions, messages: list[dict], item: QAItem, sources, encode) -> tuple[Side, str]:
+    """One model's streamed answer, timed and scored (after post-hoc citation markers, as served), and
+    the model's own text."""
     stages: list[cascade.Stage] = []
     side = Side()
     try:
         text = "".join(cascade.stream_stage(options, messages, "answer", stages))
     except (llm.LLMError, llm.LLMTimeout) as exc:
         side.error = str(exc)
-        return side
+        return side, ""
     stage = stages[-1]
     side.answer, _ = attribute(text, sources, encode)
     side.correct = contains_answer(side.answer, item.answers)
     side.f1 = round(token_f1(side.answer, item.answers), 4)
     side.latency_ms, side.prompt_tokens, side.completion_tokens = stage.latency_ms, stage.prompt_tokens, \
         stage.completion_tokens
-    return side
+    return side, text

@@ -4,8 +4,9 @@ and always-large, and the verifier's own overhead.
     python benchmarks/cascade.py [--limit 25] [--sets docs pg-essays] [--reuse]
 
 Per set, one `mighty eval answers --llm cascade:<small>><large>?policy=verify&k=3 --out RECORDS` runs
-the small model, both in-pipeline confidences (self-verification with k sampled verdicts, and
-faithfulness) and the large model once per question; every threshold is then evaluated offline from
+the small model, both in-pipeline confidences (self-verification: P(yes) from the small model's
+logits, averaged over k orderings of its examples, each ordering kept so `verify-k1` is computed
+from the same pass; and faithfulness) and the large model once per question; every threshold is then evaluated offline from
 the records (`rag.cascade_curve`). The router policy is scored by leave-one-out over the same
 records: for each question a router is trained on the others' outcomes (the query embedding ->
 was the small model right) and applied to it, so no question is judged by a router that saw it.
@@ -73,9 +74,10 @@ def evaluate(home: Path, name: str, collection: str, qa: Path, k: int, reuse: bo
     if reuse and records.exists():
         return records
     llm = f"cascade:{SMALL}>{LARGE}?policy=verify&threshold=0.5&k={k}"
-    subprocess.run([sys.executable, "-m", "api.cli.main", "--home", str(home), "eval", "answers", str(qa),
-                    "-c", collection, "--llm", llm, "--cards", "none", "--out", str(records), "--json"],
-                   cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True)
+    with open(CACHE / f"{name}-eval.log", "w", encoding="utf-8") as log:  # progress and errors, to follow a long run
+        subprocess.run([sys.executable, "-m", "api.cli.main", "--home", str(home), "eval", "answers", str(qa),
+                        "-c", collection, "--llm", llm, "--cards", "none", "--out", str(records), "--json"],
+                       cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=log, stderr=subprocess.STDOUT)
     return records
 
 
@@ -103,13 +105,50 @@ def add_router_loo(home: Path, collection: str, records: list) -> None:
         record.overhead_ms["router"] = round(embed_ms, 2)
 
 
+def add_verify_k1(records: list) -> bool:
+    """When verify read P(yes) from the logits for several orderings of its examples, the k=1 cascade
+    (first ordering only, its own pass time) is computable from the same records: `verify-k1`."""
+    if not all(len(r.verify.get("per_ordering", [])) > 1 or r.verify.get("method") == "abstained" for r in records):
+        return False
+    for record in records:
+        first = record.verify.get("per_ordering") or [0.0]
+        record.confidence["verify-k1"] = first[0]
+        record.overhead_ms["verify-k1"] = (record.verify.get("ordering_ms") or [0.0])[0]
+    return True
+
+
+def verify_reading(records: list) -> dict:
+    """How verify's requests were read: tokens per question, the share taken from the KV cache, and how
+    much probability the model put on the two verdict words."""
+    read = [r.verify for r in records if r.verify.get("method") == "logits"]
+    if not read:
+        return {}
+    prompt = sum(v["prompt_tokens"] for v in read)
+    return {"questions": len(read), "orderings": round(sum(len(v["per_ordering"]) for v in read) / len(read), 2),
+            "prompt_tokens": round(prompt / len(read), 1),
+            "cached_share": round(sum(v["cached_tokens"] for v in read) / max(prompt, 1), 3),
+            "yes_no_mass": round(sum(v["mass"] or 0 for v in read) / len(read), 3)}
+
+
+def auc(records: list, policy: str) -> float | None:
+    """How well a confidence ranks the small model's right answers above its wrong ones (0.5: no signal)."""
+    right = [r.confidence[policy] for r in records if r.small.correct]
+    wrong = [r.confidence[policy] for r in records if not r.small.correct]
+    if not right or not wrong:
+        return None
+    return round(sum((a > b) + 0.5 * (a == b) for a in right for b in wrong) / (len(right) * len(wrong)), 3)
+
+
 def summarise(records: list) -> dict:
     small, large = cascade_curve.baselines(records)
     policies = cascade_curve.policies(records)
+    if add_verify_k1(records):
+        policies.insert(policies.index("verify") + 1 if "verify" in policies else 0, "verify-k1")
     result = {"questions": len(records), "always_small": small.__dict__, "always_large": large.__dict__,
               "overhead_ms": {p: round(sum(r.overhead_ms.get(p, 0) for r in records) / len(records), 1)
                               for p in policies},
-              "small_ms": small.mean_latency_ms, "curves": {}, "fits": {}}
+              "small_ms": small.mean_latency_ms, "auc": {p: auc(records, p) for p in policies},
+              "verify_reading": verify_reading(records), "curves": {}, "fits": {}}
     for policy in policies:
         curve = cascade_curve.sweep(records, policy)
         result["curves"][policy] = cascade_curve.as_dicts(
@@ -127,6 +166,7 @@ def print_set(name: str, summary: dict) -> None:
     small, large = (cascade_curve.Point(**summary[k]) for k in ("always_small", "always_large"))
     print(f"\n== {name}: {summary['questions']} questions; policy overhead per question (ms): "
           f"{summary['overhead_ms']}; small answer {small.mean_latency_ms / 1000:.1f} s")
+    print(f"AUC of each confidence (small right vs wrong): {summary['auc']}; verify requests: {summary['verify_reading']}")
     for policy, points in summary["curves"].items():
         print(f"\npolicy {policy}")
         print(cascade_curve.table([small, large, *(cascade_curve.Point(**p) for p in points)]))

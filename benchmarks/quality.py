@@ -73,7 +73,8 @@ def _summary(name: str, found: dict[str, dict], fusion: dict) -> dict:
     std = {run: found[run]["ndcg@10"] for run, _ in _run_names()}
     margin = {"lb": round(lb["hybrid"] - max(lb["bm25"], lb["dense"]), 4),
               "std": round(std["hybrid"] - max(std["bm25"], std["dense"]), 4)}
-    text = (f"{fusion['source']}: dense {fusion['dense_weight']}, {fusion['normalisation']}, "
+    keywords = f" (keyword bags {fusion['keyword_weight']})" if fusion.get("keyword_weight") is not None else ""
+    text = (f"{fusion['source']}: dense {fusion['dense_weight']}{keywords}, {fusion['normalisation']}, "
             f"adaptive {fusion['adaptive']}")
     return {"set": name, "queries": found["bm25"]["queries"], "lb": lb, "std": std, "margin": margin,
             "fusion": fusion, "fusion_text": text}

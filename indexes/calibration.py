@@ -4,38 +4,46 @@ Why: a fixed mix of BM25 and dense scores is, in effect, tuned to whichever corp
 on. On text in a language the embedder does not know, dense retrieval is noise and every bit of
 weight on it costs quality; on entity-style corpora dense retrieval is far ahead of BM25 and a
 60/40 mix loses to it. The collection itself can tell which case it is in, without any labels.
+What it cannot tell is how it will be queried: on one author's essays a removed sentence is found
+nearly as well by the embedder as by BM25, a bag of three remembered words five times better by BM25.
+So it measures two query styles (`indexes.pseudo_queries`) and lets each query's own dense match
+say which it resembles.
 
-Method (an inverse cloze test, after the ORQA pre-training task):
-1. Sample chunks with a seeded generator (seed and sample size are collection settings, so the
-   same content always gives the same calibration).
-2. From each chunk take one sentence as a pseudo-query and *remove it* from the chunk, filling its
-   place with a copy of the chunk's own sentence closest in length (so the masked chunk is not
-   recognisable by being shorter than the rest, and gains no foreign words). The masked chunk (title + text) stands in for
-   the source: a retriever has to recognise the passage a sentence came from by its context, as it
-   must for a real question, instead of matching the sentence verbatim (which would hand BM25 a
-   win it does not have on real queries).
-3. Score the masked source with each retriever as the index would (BM25 with the collection's
-   statistics; dense with the collection's embedder) and pool it with both retrievers' top
-   candidates from every *other* document, each scored by both retrievers.
-4. Run the query-time fusion function (`indexes.fusion.fuse`, per-query confidence weighting as
-   configured) over each pool for every candidate setting: dense weight 0, 0.1, ..., 1 (the ends
-   are the single retrievers) with min-max or z-score normalisation; score each by the nDCG@10 of
-   the source (1 / log2(1 + rank), 0 beyond rank 10).
-5. Keep the setting whose score, smoothed over neighbouring weights (1-2-1), is best: a weight is
-   chosen only if its neighbourhood is good too, which damps sampling noise. Ties go to the
-   setting closest to the uncalibrated default.
+Method:
+1. From a seeded sample of chunks (seed and sample size are collection settings, so the same
+   content always gives the same calibration) make pseudo-queries of two styles: a sentence removed
+   from its chunk (an inverse cloze test; the source is scored masked, so it must be recognised by
+   its context) and a known-item keyword bag (3-5 salient words of the chunk; the source is whole).
+2. Score each source with both retrievers as the index would, pooled with both retrievers' top
+   candidates from every *other* document, each scored by both.
+3. Run the query-time fusion function (`indexes.fusion.fuse`, per-query confidence weighting as
+   configured) over each pool for dense weights 0, 0.1, ..., 1 (the ends are the single
+   retrievers) with min-max or z-score normalisation; score each by the nDCG@10 of the source.
+4. Sentence weight and normalisation: the best setting on sentences, smoothed over neighbouring
+   weights (1-2-1, which damps the noise of a few hundred pseudo-queries); ties go to the setting
+   closest to the uncalibrated default. Keyword weight: the best weight on keyword bags under the
+   same normalisation, ties going to the better single retriever there.
+5. Record each style's mean best dense score. At query time (`query_weight`) a query whose best
+   dense match scores like a typical sentence gets the sentence weight, one no better than a
+   typical keyword bag the keyword weight, linearly in between (`indexes.fusion.match_weight`).
+   An embedder that matches keyword bags as closely as sentences gives no contrast: every query
+   then gets the sentence weight.
+Why not choose one setting for both styles, e.g. the one with the least worst-case regret against
+the better single retriever per style: keyword bags favour BM25 on every corpus measured (the
+words are in the source by construction; dense's nDCG@10 on them is 2-4 times lower), so that setting is
+BM25 alone, also on MS MARCO, whose real queries (keyword-like ones included) favour dense; and the
+two corpora's pseudo-query evidence is alike, so no single setting serves both. The query's best
+dense score is what differs: MS MARCO's questions are matched more closely than its sentence
+pseudo-queries, the essays' remembered words no better than its keyword bags.
 Why not simply keep the better single retriever when mixing does not clearly win: the pseudo-
-queries rank the two inputs reliably only when they differ a lot (they put dense ahead on this
-project's docs, where real questions favour BM25), so a mix is the hedge; the mix moves to a single
-retriever only when the other one adds nothing even on its best weights.
-A retriever that never finds the source earns weight 0, because any weight on it only reshuffles
-the other's ranking; two retrievers of similar strength earn a mix. The result is stored in the
-generation's manifest and reported by `mighty index stats`.
+queries rank the two inputs reliably only when they differ a lot (sentences put dense ahead on
+this project's docs, where real questions favour BM25), so a mix is the hedge. A retriever that
+never finds the source earns weight 0 in both styles. The result is stored in the generation's
+manifest and reported by `mighty index stats`; benchmarks/RESULTS.md has the measurements.
 """
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -43,33 +51,39 @@ import numpy as np
 from indexes.analyzer import Analyzer
 from indexes.config import CollectionConfig
 from indexes.embedders import Embedder, encode_queries
-from indexes.fusion import FusionParams, fuse
-from indexes.snapshot import ScoredRow, Snapshot
+from indexes.fusion import FusionParams, fuse, match_weight
+from indexes.pseudo_queries import PseudoQuery, pseudo_queries
+from indexes.snapshot import Snapshot
 from indexes.sparse import bm25_of_terms
 
 GRID = tuple(i / 10 for i in range(11))
 NORMALISATIONS = ("minmax", "zscore")
 MIN_CHUNKS = 50  # below this a collection keeps the configured defaults: too few to measure
 MIN_PROBES = 20
-_MIN_TERMS = 3
-_SENTENCE = re.compile(r"[^.!?\n\u3002\uff01\uff1f\u061f]+[.!?\u3002\uff01\uff1f\u061f]*")
+METHOD = "sentence + keyword pseudo-queries, weight by dense match"
 
 
 @dataclass(frozen=True)
 class FusionCalibration:
     """What calibration chose, and the pseudo-query evidence it chose it on."""
 
-    dense_weight: float
+    dense_weight: float  # for queries the embedder matches as well as a typical sentence
     normalisation: str
     adaptive: bool
-    probes: int
+    probes: dict[str, int]  # pseudo-queries per style
     seed: int
-    ndcg: dict[str, float] = field(default_factory=dict)  # bm25, dense, hybrid (chosen), default
-    curve: list[float] = field(default_factory=list)  # nDCG@10 per dense weight in GRID, chosen setting
-    method: str = "inverse-cloze"
+    keyword_weight: float | None = None  # for queries matched no better than a typical keyword bag
+    dense_top: dict[str, float] = field(default_factory=dict)  # style -> mean best dense score
+    ndcg: dict[str, dict[str, float]] = field(default_factory=dict)  # style -> bm25, dense, hybrid, default
+    curve: dict[str, list[float]] = field(default_factory=dict)  # style -> nDCG@10 per dense weight in GRID
+    method: str = METHOD
 
-    def params(self) -> FusionParams:
-        return FusionParams(self.dense_weight, self.normalisation, self.adaptive)  # type: ignore[arg-type]
+    def weight(self, top: float) -> float:
+        """The dense weight of a query whose best dense score is `top` (`indexes.fusion.match_weight`)."""
+        return query_weight(self.to_dict(), top)
+
+    def params(self, top: float) -> FusionParams:
+        return FusionParams(self.weight(top), self.normalisation, self.adaptive)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,6 +91,17 @@ class FusionCalibration:
     @classmethod
     def from_dict(cls, raw: dict) -> "FusionCalibration":
         return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+
+
+def query_weight(settings: dict, top: float | None) -> float:
+    """The dense weight a query gets from stored fusion settings (a calibration as `index stats`
+    shows it, or the configured ones): interpolated by its best dense score when the calibration
+    measured both styles, the single calibrated or configured weight otherwise."""
+    tops = settings.get("dense_top") or {}
+    if top is None or settings.get("keyword_weight") is None or "sentence" not in tops:
+        return float(settings["dense_weight"])
+    return match_weight(top, tops.get("keywords"), tops["sentence"], settings["keyword_weight"],
+                        settings["dense_weight"])
 
 
 def stamp(found: FusionCalibration | None, manifest) -> dict | None:
@@ -101,19 +126,13 @@ def keep_calibration(stored: dict | None, changed: int, fraction: float) -> dict
 
 
 @dataclass
-class _Cloze:
-    doc_id: str
-    segment: int
-    title: str
-    sentences: list[str]
-    chosen: int  # the sentence that becomes the query
+class Evidence:
+    """One style's pseudo-queries as measured: each query's pooled scores (source first), its best
+    dense score, and the source's nDCG@10 under every fixed setting: gains[normalisation, weight, query]."""
 
-    @property
-    def query(self) -> str:
-        return self.sentences[self.chosen]
-
-    def masked(self, replacement: str) -> str:
-        return " ".join(replacement if i == self.chosen else s for i, s in enumerate(self.sentences))
+    pools: list[dict[str, np.ndarray]]
+    tops: np.ndarray
+    gains: np.ndarray
 
 
 def calibrate(snapshot: Snapshot, config: CollectionConfig, analyzer: Analyzer,
@@ -122,85 +141,55 @@ def calibrate(snapshot: Snapshot, config: CollectionConfig, analyzer: Analyzer,
     fusion = config.fusion
     if snapshot.manifest.chunks < MIN_CHUNKS:
         return None
-    rng = np.random.default_rng(fusion.calibration_seed)
-    clozes = _sample(snapshot, analyzer, rng, fusion.calibration_samples)
-    if len(clozes) < MIN_PROBES:
+    queries = pseudo_queries(snapshot, analyzer, config.bm25, fusion.calibration_seed, fusion.calibration_samples)
+    queries = {style: found for style, found in queries.items() if len(found) >= MIN_PROBES}
+    if "sentence" not in queries:
         return None
-    return _choose(_probes(snapshot, config, analyzer, embedder, clozes), fusion.dense_weight, fusion.adaptive,
-                   fusion.calibration_seed)
+    return choose(measure(snapshot, config, analyzer, embedder, queries), fusion.dense_weight, fusion.adaptive,
+                  fusion.calibration_seed)
 
 
-def _probes(snapshot: Snapshot, config: CollectionConfig, analyzer: Analyzer, embedder: Embedder,
-            clozes: list[_Cloze]) -> list[dict[str, np.ndarray]]:
-    masked = [c.masked(_replacement(c)) for c in clozes]
+def measure(snapshot: Snapshot, config: CollectionConfig, analyzer: Analyzer, embedder: Embedder,
+            queries: dict[str, list[PseudoQuery]]) -> dict[str, Evidence]:
+    """Every style's pseudo-queries run through both retrievers and every fixed fusion setting."""
+    flat = [q for found in queries.values() for q in found]
+    vectors = encode_queries(embedder, [q.query for q in flat])
+    masked = [i for i, q in enumerate(flat) if q.masked is not None]
     title = config.embedder.include_title
-    queries = encode_queries(embedder, [c.query for c in clozes])
-    sources = embedder.encode([f"{c.title}\n{m}" if title and c.title else m for c, m in zip(clozes, masked)])
-    return [_probe(snapshot, config, analyzer, c, m, queries[i], sources[i]) for i, (c, m) in enumerate(zip(clozes, masked))]
+    texts = [f"{flat[i].title}\n{flat[i].masked}" if title and flat[i].title else flat[i].masked for i in masked]
+    sources = dict(zip(masked, embedder.encode(texts))) if texts else {}
+    pools = [_probe(snapshot, config, analyzer, q, vectors[i], sources.get(i)) for i, q in enumerate(flat)]
+    found, start = {}, 0
+    for style, items in queries.items():
+        mine, start = pools[start:start + len(items)], start + len(items)
+        gains = np.asarray([[[_gain(fuse(p, FusionParams(w, n, config.fusion.adaptive))[0]) for p in mine]
+                             for w in GRID] for n in NORMALISATIONS])
+        found[style] = Evidence(mine, np.asarray([float(p["dense"].max()) for p in mine]), gains)
+    return found
 
 
-def _sample(snapshot: Snapshot, analyzer: Analyzer, rng: np.random.Generator,
-            wanted: int) -> list[_Cloze]:
-    """Seeded chunks turned into (sentence, chunk without it) pairs."""
-    locations = [np.stack([np.full(len(rows), position), rows], axis=1)
-                 for position, (segment, live) in enumerate(zip(snapshot.segments, snapshot.live))
-                 for rows in [np.arange(segment.rows) if live is None else np.flatnonzero(live)]]
-    flat = np.concatenate(locations) if locations else np.zeros((0, 2), dtype=np.int64)
-    order = rng.permutation(len(flat))
-    clozes: list[_Cloze] = []
-    for start in range(0, min(len(order), wanted * 4), wanted):
-        picks = [ScoredRow(int(flat[i][0]), int(flat[i][1]), 0.0) for i in order[start:start + wanted]]
-        for pick, chunk in zip(picks, snapshot.chunks(picks)):
-            cloze = _cloze(chunk.doc_id, pick.segment, chunk.title, chunk.text, analyzer, rng)
-            if cloze is not None:
-                clozes.append(cloze)
-                if len(clozes) == wanted:
-                    return clozes
-    return clozes
-
-
-def _cloze(doc_id: str, segment: int, title: str, text: str, analyzer: Analyzer,
-           rng: np.random.Generator) -> _Cloze | None:
-    sentences = [m.group().strip() for m in _SENTENCE.finditer(text) if m.group().strip()]
-    if len(sentences) < 2:
-        return None
-    eligible = [i for i, s in enumerate(sentences) if len(analyzer.terms(s)) >= _MIN_TERMS]
-    if not eligible:
-        return None
-    chosen = eligible[int(rng.integers(len(eligible)))]
-    if len(analyzer.terms(" ".join(s for i, s in enumerate(sentences) if i != chosen))) < _MIN_TERMS:
-        return None
-    return _Cloze(doc_id, segment, title, sentences, chosen)
-
-
-def _replacement(cloze: _Cloze) -> str:
-    """What fills the query sentence's place: a copy of the chunk's own sentence closest in length.
-    Simply deleting it would leave the source shorter than every other chunk, and both BM25's
-    length normalisation and an embedder that reads little of the text would then find it by its
-    length alone; a sentence from another document would instead pull its embedding off-topic and
-    hand BM25 (which ignores the foreign words) an edge it does not have on real questions."""
-    others = [s for i, s in enumerate(cloze.sentences) if i != cloze.chosen]
-    return min(others, key=lambda s: (abs(len(s) - len(cloze.query)), s))
-
-
-def _probe(snapshot: Snapshot, config: CollectionConfig, analyzer: Analyzer, cloze: _Cloze, masked_text: str,
-           query: np.ndarray, masked: np.ndarray) -> dict[str, np.ndarray]:
-    """Both retrievers' scores over the pool; index 0 is the masked source, the rest are the top
-    candidates of every other document."""
+def _probe(snapshot: Snapshot, config: CollectionConfig, analyzer: Analyzer, query: PseudoQuery,
+           vector: np.ndarray, masked: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Both retrievers' scores over the pool; index 0 is the source (as masked, or as stored), the
+    rest are the top candidates of every *other* document (the source's own other chunks are out)."""
     bm25 = config.bm25
-    terms, weights = snapshot.bm25_query(analyzer, bm25, cloze.query)
-    entry = snapshot.segments[cloze.segment].store.document(cloze.doc_id)
-    own = set() if entry is None else {(cloze.segment, r) for r in range(entry.first_row, entry.first_row + entry.rows)}
+    terms, weights = snapshot.bm25_query(analyzer, bm25, query.query)
+    entry = snapshot.segments[query.segment].store.document(query.doc_id)
+    rows = range(entry.first_row, entry.first_row + entry.rows) if entry is not None else []
+    own = {(query.segment, query.row)} | {(query.segment, r) for r in rows}
     k = config.fusion.candidates + len(own)
     lists = {"bm25": snapshot.bm25_top_k(bm25, terms, weights, k),
-             "dense": snapshot.dense(query, k, config.dense.ef_search)}
+             "dense": snapshot.dense(vector, k, config.dense.ef_search)}
     pool = [p for p in dict.fromkeys((h.segment, h.row) for hits in lists.values() for h in hits) if p not in own]
-    _, raw = snapshot.pooled(lists, bm25, terms, weights, query, pool)
-    masked_terms = (analyzer.terms(cloze.title) * bm25.title_weight if cloze.title else []) + analyzer.terms(masked_text)
-    source = {"bm25": bm25_of_terms(masked_terms, terms, weights, bm25.k1, bm25.b,
-                                    snapshot.bm25_stats(bm25).avgdl),
-              "dense": float(masked @ query)}
-    return {name: np.concatenate([[source[name]], raw[name]]) for name in ("bm25", "dense")}
+    _, raw = snapshot.pooled(lists, bm25, terms, weights, vector, [(query.segment, query.row)] + pool)
+    scores = {name: np.asarray(raw[name], dtype=np.float64) for name in ("bm25", "dense")}
+    if masked is not None and query.masked is not None:
+        source_terms = (analyzer.terms(query.title) * bm25.title_weight if query.title else []) + \
+            analyzer.terms(query.masked)
+        scores["bm25"][0] = bm25_of_terms(source_terms, terms, weights, bm25.k1, bm25.b,
+                                          snapshot.bm25_stats(bm25).avgdl)
+        scores["dense"][0] = float(masked @ vector)
+    return scores
 
 
 def _gain(scores: np.ndarray) -> float:
@@ -210,25 +199,37 @@ def _gain(scores: np.ndarray) -> float:
     return 1.0 / math.log2(rank + 1) if rank <= 10 else 0.0
 
 
-def _choose(probes: list[dict[str, np.ndarray]], default_weight: float, adaptive: bool,
-            seed: int) -> FusionCalibration:
-    """The (dense weight, normalisation) whose pseudo-query nDCG@10, smoothed over neighbouring
-    weights, is best; per-query adaptivity stays as configured."""
-    curves = {normalisation: np.asarray([np.mean([_gain(fuse(p, FusionParams(w, normalisation, adaptive))[0])
-                                                  for p in probes]) for w in GRID])
-              for normalisation in NORMALISATIONS}
+def choose(evidence: dict[str, Evidence], default_weight: float, adaptive: bool, seed: int) -> FusionCalibration:
+    """The sentence style's setting (smoothed best nDCG@10; ties go to the setting closest to the
+    configured default), the keyword style's weight under the same normalisation (ties go to the
+    better single retriever on keywords), and each style's mean best dense score."""
+    curves = {style: e.gains.mean(axis=2) for style, e in evidence.items()}  # [normalisation, weight]
+    n, w = _best(curves["sentence"], lambda n, w: abs(GRID[w] - default_weight) + n)
+    normalisation, weight, keyword_weight = NORMALISATIONS[n], GRID[w], None
+    if "keywords" in curves:
+        keywords = curves["keywords"][n:n + 1]
+        toward = 0.0 if keywords[0, 0] >= keywords[0, -1] else 1.0
+        keyword_weight = GRID[_best(keywords, lambda _, w: abs(GRID[w] - toward))[1]]
+    settings = {"dense_weight": weight, "keyword_weight": keyword_weight,
+                "dense_top": {style: float(e.tops.mean()) for style, e in evidence.items()}}
+    ndcg = {}
+    for style, e in evidence.items():
+        hybrid = np.mean([_gain(fuse(p, FusionParams(query_weight(settings, top), normalisation, adaptive))[0])
+                          for p, top in zip(e.pools, e.tops)])
+        c = curves[style]
+        ndcg[style] = {"bm25": c[0, 0], "dense": c[0, -1], "hybrid": hybrid,
+                       "default": float(np.interp(default_weight, GRID, c[0]))}
+    return FusionCalibration(weight, normalisation, adaptive, {s: len(e.pools) for s, e in evidence.items()}, seed,
+                             keyword_weight, {s: round(v, 4) for s, v in settings["dense_top"].items()},
+                             {s: {k: round(float(v), 4) for k, v in d.items()} for s, d in ndcg.items()},
+                             {s: [round(float(v), 4) for v in c[n]] for s, c in curves.items()})
 
-    def closeness(normalisation: str, weight: float) -> float:
-        return abs(weight - default_weight) + (normalisation != "minmax")
 
-    _, _, normalisation, weight = max(((round(float(_smooth(curve)[i]), 9), -closeness(n, w), n, w)
-                                       for n, curve in curves.items() for i, w in enumerate(GRID)),
-                                      key=lambda t: t[:2])
-    chosen = curves[normalisation]
-    ndcg = {"bm25": chosen[0], "dense": chosen[-1], "hybrid": chosen[GRID.index(weight)],
-            "default": float(np.interp(default_weight, GRID, curves["minmax"]))}
-    return FusionCalibration(weight, normalisation, adaptive, len(probes), seed,
-                             {k: round(float(v), 4) for k, v in ndcg.items()}, [round(float(v), 4) for v in chosen])
+def _best(curves: np.ndarray, distance) -> tuple[int, int]:
+    """(normalisation, weight) index of the best 1-2-1 smoothed nDCG; exact ties (to 1e-9) go to the
+    smallest `distance(normalisation, weight)`."""
+    return max(((n, w) for n in range(curves.shape[0]) for w in range(len(GRID))),
+               key=lambda nw: (round(float(_smooth(curves[nw[0]])[nw[1]]), 9), -distance(*nw)))
 
 
 def _smooth(curve: np.ndarray) -> np.ndarray:

@@ -93,5 +93,19 @@ def convex_combination(scores: Scores, weights: Mapping[str, float], adaptive: b
     return fused, used
 
 
+def match_weight(top: float, keyword_top: float | None, sentence_top: float, keyword_weight: float,
+                 sentence_weight: float) -> float:
+    """The dense weight of one query, from how well the embedder matches it: `top` is its best dense
+    score; `sentence_top` and `keyword_top` are the mean best dense scores of the collection's own
+    sentence and keyword-bag pseudo-queries (`indexes.calibration`), each style with the weight
+    calibrated on it. A query matched as well as a typical sentence gets the sentence weight, one
+    matched no better than a typical keyword bag the keyword weight, linearly in between. Scores are
+    compared only with the same collection and embedder, so no absolute cosine level is assumed."""
+    if keyword_top is None or sentence_top <= keyword_top:
+        return sentence_weight
+    share = min(max((top - keyword_top) / (sentence_top - keyword_top), 0.0), 1.0)
+    return keyword_weight + share * (sentence_weight - keyword_weight)
+
+
 def fuse(scores: Scores, params: FusionParams) -> tuple[np.ndarray, dict[str, float]]:
     return convex_combination(scores, params.weights(), params.adaptive, params.normalisation)

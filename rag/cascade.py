@@ -4,9 +4,10 @@ One prepared prompt (same sources, same messages) feeds both models, so a cascad
 answers, never what they are shown. The confidence that decides comes from one of three policies:
 
 - `verify` (AutoMix, Madaan et al. 2023): the small model is asked, with a few worked examples,
-  whether its own answer is supported by the sources; k verdicts are sampled (temperature 1, fixed
-  seeds) and the confidence is the share of "yes". Following the answer turn, the request reuses the
-  answer prompt's KV cache on a local runtime, so each verdict costs a handful of tokens.
+  whether its own answer is supported by the sources (`rag.cascade_verify`). A local model gives
+  P("yes") / (P("yes") + P("no")) from one forward pass (mean over k orderings of the examples);
+  a model behind an API gives the share of "yes" among k sampled verdicts. Following the answer
+  turn, the request reuses the answer prompt's KV cache on the local runtime.
 - `faithfulness`: the share of answer sentences supported by some retrieved source, by the embedding
   measure `mighty eval answers` reports (there only against the sources a sentence cites).
 - `router` (RouteLLM, Ong et al. 2024): a logistic regression on the query embedding predicts whether
@@ -29,12 +30,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rag import cascade_router, llm
+from rag import cascade_router, cascade_verify, llm
 from rag.answer_eval import SUPPORT_THRESHOLD, strip_markers
 from rag.cascade_spec import CascadeSpec, Policy
 from rag.citations import split_sentences
 from rag.context import Source
-from rag.prompts import verify_messages
 
 
 class Prepared(Protocol):
@@ -50,7 +50,6 @@ class Prepared(Protocol):
 _ABSTAIN = re.compile(r"\b(do not|don't|does not|doesn't|cannot|can't|unable to) (know|find|say|tell|determine|"
                       r"contain|mention|provide|answer)\b|\bnot (mentioned|stated|specified|provided)\b",
                       re.IGNORECASE)
-_YES = re.compile(r"^\W*yes\b", re.IGNORECASE)
 
 
 @dataclass
@@ -62,6 +61,8 @@ class Stage:
     latency_ms: float
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens a local model took from its KV cache instead of reading again
+    method: str | None = None  # verify: "logits" (P(yes) from one pass), "samples" or "abstained"
 
 
 @dataclass
@@ -109,21 +110,21 @@ def stream_stage(options: llm.LLMOptions, messages: list[dict], role: str, stage
         usage.update(counted)
 
 
-def verify_confidence(small: llm.LLMOptions, messages: list[dict], answer: str, samples: int) -> tuple[float, Stage]:
-    """Share of k sampled self-verification verdicts that say yes (greedy when k is 1)."""
-    started = time.perf_counter()
-    prompt_tokens = completion_tokens = 0
-    yes = 0
-    if not abstains(answer):
-        asked = verify_messages(messages, answer)
-        for seed in range(samples):
-            options = small.model_copy(update={"max_tokens": 2, "temperature": 1.0 if samples > 1 else 0.0,
-                                               "seed": seed})
-            verdict = llm.complete(options, asked)
-            prompt_tokens += verdict.prompt_tokens
-            completion_tokens += verdict.completion_tokens
-            yes += bool(_YES.match(verdict.text))
-    return yes / samples, Stage("verify", small.model, _ms(started), prompt_tokens, completion_tokens)
+def verify_confidence(small: llm.LLMOptions, messages: list[dict], answer: str,
+                      samples: int) -> tuple[float, Stage]:
+    """The small model's own confidence in its answer (`rag.cascade_verify`): P(yes) from the logits
+    on a local model, the share of k sampled "yes" verdicts elsewhere; 0 for an abstention."""
+    confidence, stage, _ = verify_detail(small, messages, answer, samples)
+    return confidence, stage
+
+
+def verify_detail(small: llm.LLMOptions, messages: list[dict], answer: str,
+                  samples: int) -> tuple[float, Stage, cascade_verify.Verification]:
+    """verify_confidence, plus the per-ordering figures an evaluation records."""
+    found = cascade_verify.verify(small, messages, answer, samples, abstained=abstains(answer))
+    stage = Stage("verify", small.model, found.latency_ms, found.prompt_tokens, found.completion_tokens,
+                  found.cached_tokens, found.method)
+    return found.confidence, stage, found
 
 
 def faithfulness_confidence(answer: str, sources: Sequence[Source],

@@ -55,6 +55,7 @@ class CascadeRecord:
     large: Side = field(default_factory=Side)
     confidence: dict[str, float] = field(default_factory=dict)  # policy -> confidence
     overhead_ms: dict[str, float] = field(default_factory=dict)  # policy -> its own cost
+    verify: dict = field(default_factory=dict)  # how verify's confidence was read (method, per ordering)
 
     def as_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)

@@ -73,22 +73,40 @@ def answer_messages(question: str, sources: Sequence[Source], closed_book: bool 
 
 # AutoMix-style self-verification (Madaan et al. 2023): after answering, the same model is asked,
 # with a few worked examples, whether its answer is supported by the sources. The request follows
-# the answer turn, so a local runtime reuses the whole answer prompt from its KV cache and pays only
-# for the answer and these few lines; each sampled verdict then costs one or two tokens.
-VERIFY_PROMPT = (
+# the answer turn, so a local runtime reuses the whole answer prompt (and the answer it generated)
+# from its KV cache and reads only these few lines; a verdict then costs one forward pass (its
+# P("yes") read from the logits) or, for a model behind an API, one or two sampled tokens.
+# The examples can be put in any order (`VERIFY_ORDERINGS`): a small model leans towards the verdict
+# of the example it read last, so a confidence may average over orderings (each rotation puts every
+# example last once).
+VERIFY_INSTRUCTION = (
     "Check the answer you just gave against the sources. Reply yes if the sources state what the answer "
     "says and it answers the question; reply no if the sources do not say it, the answer is about "
-    "something else, or it says it does not know.\n"
-    "Example: sources say \"the default port is 8080\"; question: which port is the default?; "
-    "answer: \"The default port is 8080 [1].\" Verdict: yes\n"
-    "Example: sources say \"the default port is 8080\"; question: which port is the default?; "
-    "answer: \"The default port is 3000 [1].\" Verdict: no\n"
-    "Example: sources say \"names use lowercase letters\"; question: how long may a name be?; "
-    "answer: \"The sources do not say.\" Verdict: no\n"
-    "Reply with one word, yes or no. Verdict:"
+    "something else, or it says it does not know."
 )
+VERIFY_EXAMPLES = (
+    "Example: sources say \"the default port is 8080\"; question: which port is the default?; "
+    "answer: \"The default port is 8080 [1].\" Verdict: yes",
+    "Example: sources say \"the default port is 8080\"; question: which port is the default?; "
+    "answer: \"The default port is 3000 [1].\" Verdict: no",
+    "Example: sources say \"names use lowercase letters\"; question: how long may a name be?; "
+    "answer: \"The sources do not say.\" Verdict: no",
+)
+VERIFY_CLOSE = "Reply with one word, yes or no. Verdict:"
+# the three rotations first (each example in each position once), then the other three permutations
+VERIFY_ORDERINGS = ((0, 1, 2), (1, 2, 0), (2, 0, 1), (0, 2, 1), (2, 1, 0), (1, 0, 2))
 
 
-def verify_messages(answer_prompt: Sequence[dict[str, str]], answer: str) -> list[dict[str, str]]:
+def verify_prompt(ordering: int = 0) -> str:
+    """The verification request with its examples in `VERIFY_ORDERINGS[ordering]`."""
+    order = VERIFY_ORDERINGS[ordering % len(VERIFY_ORDERINGS)]
+    return "\n".join([VERIFY_INSTRUCTION, *(VERIFY_EXAMPLES[i] for i in order), VERIFY_CLOSE])
+
+
+VERIFY_PROMPT = verify_prompt(0)
+
+
+def verify_messages(answer_prompt: Sequence[dict[str, str]], answer: str, ordering: int = 0) -> list[dict[str, str]]:
     """The answer conversation continued by the answer and the few-shot verification request."""
-    return [*answer_prompt, {"role": "assistant", "content": answer}, {"role": "user", "content": VERIFY_PROMPT}]
+    return [*answer_prompt, {"role": "assistant", "content": answer},
+            {"role": "user", "content": verify_prompt(ordering)}]

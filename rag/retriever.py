@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from indexes.calibration import query_weight
 from indexes.collection import Collection
 from indexes.documents import Chunk
 from indexes.query_batcher import QueryBatcher
@@ -93,7 +94,9 @@ class Retriever:
         pool, raw = snapshot.pooled(lists, config.bm25, terms, term_weights, vector)
         ranks = {name: _ranks(hits, pool) for name, hits in lists.items()}
         weights: dict[str, float] = {}
-        params = self._fusion_params(snapshot, request)
+        dense = raw.get("dense")
+        top = float(dense.max()) if dense is not None and len(dense) else None
+        params = self._fusion_params(snapshot, request, top)
         if not pool:
             fused = np.zeros(0)
         elif request.mode != "hybrid":
@@ -119,10 +122,12 @@ class Retriever:
                                generation=snapshot.generation, hits=hits, weights=weights, timings_ms=timings,
                                shards=_shard_report(snapshot))
 
-    def _fusion_params(self, snapshot: Snapshot, request: RetrievalRequest) -> FusionParams:
-        """The collection's calibrated settings (or its configured ones), with per-request overrides."""
+    def _fusion_params(self, snapshot: Snapshot, request: RetrievalRequest, top: float | None) -> FusionParams:
+        """The collection's calibrated settings (or its configured ones), with per-request overrides;
+        a calibrated weight follows how well the embedder matches this query (`top`: its best dense
+        score, see `indexes.calibration.query_weight`)."""
         settings = self.collection.fusion_settings(snapshot)
-        params = FusionParams(settings["dense_weight"], settings["normalisation"], settings["adaptive"])
+        params = FusionParams(query_weight(settings, top), settings["normalisation"], settings["adaptive"])
         if request.dense_weight is not None:
             params = replace(params, dense_weight=request.dense_weight)
         if request.adaptive is not None:

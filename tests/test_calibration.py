@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from indexes.calibration import FusionCalibration, calibrate
+from indexes.calibration import METHOD, FusionCalibration, calibrate
 from indexes.collection import Home
 from indexes.config import CollectionConfig, FusionConfig
 from indexes.documents import SourceDocument
@@ -64,8 +64,9 @@ def test_useless_dense_retriever_gets_no_weight_and_hybrid_matches_bm25(unknown_
     _, collection, queries = unknown_language
     fusion = collection.stats()["fusion"]
     assert fusion["source"] == "calibrated"
-    assert fusion["ndcg"]["dense"] < 0.5 * fusion["ndcg"]["bm25"]  # the embedder cannot read this script
-    assert fusion["dense_weight"] == 0.0
+    for style in ("sentence", "keywords"):  # the embedder cannot read this script, however it is asked
+        assert fusion["ndcg"][style]["dense"] < 0.5 * fusion["ndcg"][style]["bm25"]
+    assert fusion["dense_weight"] == 0.0 and fusion["keyword_weight"] == 0.0
     retriever = Retriever(collection)
     same_top, scores = 0, {"bm25": [], "hybrid": [], "dense": []}
     for doc_id, query in queries.items():
@@ -91,7 +92,8 @@ def test_calibration_is_reproducible_for_a_seed_and_stored_in_the_generation(unk
     assert first.to_dict() == {k: v for k, v in stored.items() if k in first.to_dict()}
     assert stored["calibrated_generation"] == snapshot.generation and stored["changed_chunks"] == 0
     assert FusionCalibration.from_dict(json.loads(json.dumps(first.to_dict()))) == first
-    assert first.probes >= 100 and len(first.curve) == 11
+    assert first.probes["sentence"] >= 100 and first.probes["keywords"] >= 100
+    assert all(len(curve) == 11 for curve in first.curve.values())
     other = collection.config.model_copy(update={"fusion": FusionConfig(calibration_seed=5)})
     reseeded = calibrate(snapshot, other, collection.analyzer, collection.embedder)
     assert reseeded.seed == 5 and reseeded.dense_weight == 0.0
@@ -103,8 +105,9 @@ def test_index_stats_reports_the_calibrated_fusion_and_calibrate_reproduces_it(u
     assert result.returncode == 0, result.stderr
     stats = json.loads(result.stdout)
     fusion = stats["fusion"]
-    assert fusion["source"] == "calibrated" and fusion["method"] == "inverse-cloze"
-    assert set(fusion["ndcg"]) == {"bm25", "dense", "hybrid", "default"}
+    assert fusion["source"] == "calibrated" and fusion["method"] == METHOD
+    assert set(fusion["ndcg"]) == {"sentence", "keywords"} == set(fusion["dense_top"])
+    assert all(set(found) == {"bm25", "dense", "hybrid", "default"} for found in fusion["ndcg"].values())
     again = run_mighty(home.root, "index", "calibrate", "pseudo", "--json")
     assert again.returncode == 0, again.stderr
     remeasured = json.loads(again.stdout)  # same content and seed: the same measurement, on a new generation
@@ -163,8 +166,8 @@ def test_a_small_upsert_keeps_the_stored_calibration_and_a_large_change_measures
     kept = collection.stats()["fusion"]
     assert calls == [] and collection.snapshot().generation == 2
     assert kept["changed_chunks"] == 3 and kept["calibrated_generation"] == 1
-    assert {k: kept[k] for k in ("dense_weight", "normalisation", "ndcg")} == \
-        {k: first[k] for k in ("dense_weight", "normalisation", "ndcg")}
+    assert {k: kept[k] for k in ("dense_weight", "keyword_weight", "normalisation", "ndcg", "dense_top")} == \
+        {k: first[k] for k in ("dense_weight", "keyword_weight", "normalisation", "ndcg", "dense_top")}
     assert kept["calibration"].startswith("kept from generation 1: 3 chunks changed")
 
     with collection.writer() as writer:  # 3 + 19 = 22 changed of 120: over 10%, measured again

@@ -181,6 +181,9 @@ def test_eval_answers_with_a_cascade_prints_the_curve_from_one_pass(writable_dem
     (line,) = out.read_text().splitlines()
     written = cascade_curve.CascadeRecord.from_dict(json.loads(line))
     assert written.small.latency_ms > 0 and written.large.latency_ms > 0 and written.overhead_ms["verify"] > 0
-    assert written.confidence["verify"] in (0.0, 0.5, 1.0)  # two sampled verdicts
+    assert written.verify["method"] == "logits"  # a local small model: P(yes) from two orderings' logits
+    assert len(written.verify["per_ordering"]) == 2 and 0 < written.confidence["verify"] < 1
+    assert written.confidence["verify"] == pytest.approx(sum(written.verify["per_ordering"]) / 2, abs=1e-5)
+    assert written.verify["cached_tokens"] > 0  # the answer prompt came from the small model's KV cache
     point = cascade_curve.at([written], "faithfulness", 0.5)
     assert report["at_threshold"]["accuracy"] == point.accuracy

@@ -86,14 +86,30 @@ def test_faithfulness_escalates_an_unsupported_answer_and_keeps_a_supported_one(
     assert report["stages"][-1]["completion_tokens"] > 0
 
 
-def test_verify_samples_k_verdicts_and_streams_only_the_accepted_answer(server):
-    streamed = _chat(server, ON_CORPUS, cascade("verify", 0.0, k=2), stream=True)
+def test_verify_escalates_the_unsupported_answer_by_the_small_models_own_p_yes(server):
+    """The crafted case under the logit confidence: SmolLM2 gives its copied on-corpus answer a higher
+    P(yes) than its from-memory answer to an off-corpus question, and a threshold between the two keeps
+    the first and escalates the second (streamed: only the large model's answer is sent)."""
+    probes = {q: _chat(server, q, cascade("verify", 0.0, k=1))["cascade"] for q in (ON_CORPUS, OFF_CORPUS)}
+    for report in probes.values():
+        assert report["policy"] == "verify" and not report["escalated"]  # threshold 0 accepts any confidence
+        verify = next(stage for stage in report["stages"] if stage["role"] == "verify")
+        assert verify["method"] == "logits" and verify["completion_tokens"] == 0  # one pass, nothing sampled
+        assert verify["cached_tokens"] > 0 and verify["prompt_tokens"] > verify["cached_tokens"]
+        assert 0 < report["confidence"] < 1
+    right, wrong = probes[ON_CORPUS]["confidence"], probes[OFF_CORPUS]["confidence"]
+    assert right > wrong, probes
+    threshold = round((right + wrong) / 2, 4)
+    kept = _chat(server, ON_CORPUS, cascade("verify", threshold, k=1))
+    assert "200" in kept["choices"][0]["message"]["content"]
+    report = kept["cascade"]
+    assert report["threshold"] == threshold and not report["escalated"] and report["answered_by"] == SMALL
+    assert _roles(report) == ["small", "verify"]
+    streamed = _chat(server, OFF_CORPUS, cascade("verify", threshold, k=1), stream=True)
     report = streamed["cascade"]
-    assert report["policy"] == "verify" and not report["escalated"]  # threshold 0 accepts any confidence
-    assert report["confidence"] in (0.0, 0.5, 1.0)
-    verify = next(stage for stage in report["stages"] if stage["role"] == "verify")
-    assert verify["completion_tokens"] >= 2  # two sampled verdicts
-    assert streamed["content"].strip() and streamed["citations"] is not None
+    assert report["escalated"] and report["answered_by"] == LARGE and report["confidence"] < threshold
+    assert _roles(report) == ["small", "verify", "large"] and streamed["content"].strip()
+    assert streamed["citations"] is not None
 
 
 def test_query_endpoint_and_collection_default_answer_with_a_cascade(server):

@@ -126,3 +126,68 @@ def test_a_paired_local_model_drafts_through_litellm_and_reports_acceptance(monk
     assert 0 < response.usage.accepted_draft_tokens <= response.usage.draft_tokens
     chunks = litellm.completion(model=f"local/{BASE}", messages=PROMPTS[0], max_tokens=24, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == alone.text
+
+
+# --- the cost-aware switch-off (rag.runtime.draft_cost) ----------------------------------------------
+
+def test_expected_tokens_and_predicted_speedup_worked_by_hand():
+    from rag.runtime.draft_cost import expected_tokens, predicted_speedup
+
+    assert expected_tokens(0.0, 4) == 1.0 and expected_tokens(1.0, 4) == 5.0
+    assert expected_tokens(0.5, 2) == pytest.approx(1 + 0.5 + 0.25)
+    # RESULTS "Speculative decoding", 2 shared cores: acceptance 0.57, 4 guesses, a 0.5B guess 0.4 of a
+    # 1.5B step, verifying 5 positions 3.3 steps -> about 2.19 tokens for 4.9 steps: a slowdown
+    two_cores = predicted_speedup(0.57, 4, 0.4, 3.3)
+    assert two_cores == pytest.approx((1 - 0.57 ** 5) / 0.43 / 4.9) and two_cores < 0.5
+    # memory-bound steps (a GPU): verifying 5 positions costs about one step, a guess a tenth: it pays
+    assert predicted_speedup(0.57, 4, 0.1, 1.1) > 1.4
+
+
+def _feed(cost, rounds: int, step_ms: float, draft_ms: float, verify_ms: float, accepted: int, guesses: int = 4):
+    """Drive a DraftCost as a Speculator would: a plain step whenever it asks for one, else a round."""
+    plain = 0
+    for _ in range(rounds):
+        if cost.drafting():
+            cost.round(guesses, draft_ms * guesses, verify_ms)
+            cost.verdict(accepted, rejected=accepted < guesses)
+        else:
+            cost.plain_step(step_ms)
+            plain += 1
+    return plain
+
+
+def test_drafting_stops_when_a_slowdown_is_predicted_and_is_measured_again_later():
+    from rag.runtime.draft_cost import DraftCost
+
+    slow = DraftCost(min_speedup=1.0, warmup_rounds=4, retry_after=10)
+    _feed(slow, 1, 100, 40, 330, accepted=2)  # the first call measures a plain step
+    assert slow.step_ms.value == 100 and slow.on
+    _feed(slow, 3, 100, 40, 330, accepted=2)
+    assert slow.on and slow.rounds == 3  # never judged before the warm-up rounds
+    _feed(slow, 1, 100, 40, 330, accepted=2)
+    assert not slow.on and slow.switched_off == 1 and slow.speedup() < 1
+    assert slow.acceptance() == pytest.approx(2 / 3)  # 2 accepted of 3 judged (the 4th never was)
+    assert _feed(slow, 10, 100, 40, 330, accepted=2) == 10  # plain steps only, until retry_after
+    assert slow.drafting() and slow.on and slow.rounds == 0  # measured again
+
+    fast = DraftCost(min_speedup=1.0, warmup_rounds=4, probe_every=16)
+    plain = _feed(fast, 200, 100, 10, 110, accepted=3)
+    assert fast.on and fast.switched_off == 0 and fast.speedup() > 1
+    assert 1 < plain < 200 / 16 + 2  # the first plain step and one probe per 16 rounds
+
+    never = DraftCost(min_speedup=0.0, warmup_rounds=1)
+    assert _feed(never, 20, 100, 400, 3300, accepted=0) == 0 and never.on  # 0 turns the switch off
+
+
+def test_a_switched_off_pair_steps_the_target_alone_with_identical_output(target):
+    from rag.runtime.draft_cost import DraftCost
+
+    draft = NoisyDraft(BASE, LOCAL_MODELS[BASE].gguf(), batch_invariant=True)
+    draft.noise = torch.Generator().manual_seed(0)
+    cost = DraftCost(min_speedup=1e9, warmup_rounds=3, retry_after=1000)  # any measurement predicts "too slow"
+    pair = SpeculativeModel(target, draft, cost=cost)
+    options = SamplingOptions(max_tokens=40, no_repeat_ngram=LOOP_NGRAM)
+    result = pair.generate(PROMPTS[1], options)
+    assert result.token_ids == target.generate(PROMPTS[1], options).token_ids
+    assert cost.switched_off == 1 and not cost.on and cost.rounds == 3  # no round after the switch-off
+    assert 0 < result.drafted <= 3 * MAX_DRAFT and cost.step_ms.value > 0

@@ -149,7 +149,9 @@ def calibrate(ctx: typer.Context, collection: str = typer.Argument(...),
     if as_json:
         out.print_json(json.dumps(fusion))
         return
-    out.print(f"{collection}: {fusion['source']} fusion, dense weight {fusion['dense_weight']}, "
+    keywords = fusion.get("keyword_weight")
+    keyword_text = "" if keywords is None else f" ({keywords} for queries matched like keyword bags)"
+    out.print(f"{collection}: {fusion['source']} fusion, dense weight {fusion['dense_weight']}{keyword_text}, "
               f"{fusion['normalisation']} normalisation, adaptive {fusion['adaptive']}")
 
 

@@ -10,9 +10,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from rag.runtime.cache import get_model, load_model
 from rag.runtime.decode import Decoded, GenerationTimeout
-from rag.runtime.model import LocalModel
+from rag.runtime.model import LocalModel, NextToken
 from rag.runtime.registry import DEFAULT_LOCAL_MODEL, LOCAL_MODELS, LocalModelError, resolve_model
 from rag.runtime.sampling import LOOP_NGRAM, SamplingOptions
 
 __all__ = ["DEFAULT_LOCAL_MODEL", "LOCAL_MODELS", "LOOP_NGRAM", "Decoded", "GenerationTimeout", "LocalModel",
-           "LocalModelError", "SamplingOptions", "get_model", "load_model", "resolve_model"]
+           "LocalModelError", "NextToken", "SamplingOptions", "get_model", "load_model", "resolve_model"]

@@ -217,17 +217,20 @@ class LlamaModel(LocalModel):
         """Logits [V] after `tokens`, reusing the longest prefix already in the KV cache."""
         if not tokens:
             raise ValueError("a prompt needs at least one token")
-        common = 0
-        for a, b in zip(self._cached, tokens):
-            if a != b:
-                break
-            common += 1
-        self._truncate(min(common, len(tokens) - 1))  # the last token is always evaluated: its logits
+        self._truncate(min(self.cached_prefix(tokens), len(tokens) - 1))  # the last token is always evaluated: its logits
         return torch.from_numpy(self._decode(tokens[len(self._cached):], all_logits=False))
 
     def step(self, token: int) -> torch.Tensor:
         """Logits [V] after appending one token."""
         return torch.from_numpy(self._decode([token], all_logits=False))
+
+    def cached_prefix(self, tokens: list[int]) -> int:
+        common = 0
+        for a, b in zip(self._cached, tokens):
+            if a != b:
+                break
+            common += 1
+        return common
 
     def score(self, tokens: list[int]) -> torch.Tensor:
         """Teacher-forced logits [L, V] at every position of `tokens` (the KV cache is rebuilt)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,6 +20,15 @@ from rag.runtime.decode import Deadline, Decoded, OnToken, decode, stream_rows
 from rag.runtime.sampling import SamplingOptions
 
 Prompt = list[int] | list[dict[str, Any]]  # token ids, or chat messages to format with the model's template
+
+
+@dataclass
+class NextToken:
+    """The next-token distribution after a prompt, and what reading the prompt cost."""
+
+    logits: torch.Tensor  # [V]
+    prompt_tokens: int
+    cached_tokens: int  # of prompt_tokens, how many came from the KV cache instead of a forward pass
 
 
 class LocalModel(ABC):
@@ -59,6 +69,10 @@ class LocalModel(ABC):
     @abstractmethod
     def reset(self) -> None: ...
 
+    def cached_prefix(self, tokens: list[int]) -> int:
+        """How many leading `tokens` the KV cache already holds (0 for an engine that keeps none)."""
+        return 0
+
     def set_threads(self, threads: int) -> None:
         """Cores for the next evaluations (fusion splits the cores between models it runs side by side)."""
         self.threads = max(1, threads)
@@ -74,6 +88,20 @@ class LocalModel(ABC):
         if prompt and isinstance(prompt[0], dict):
             return self.chat_tokens(prompt)  # type: ignore[arg-type]
         return list(prompt)  # type: ignore[arg-type]
+
+    def next_token(self, prompt: Prompt, timeout: float | None = None) -> NextToken:
+        """The logits after `prompt` from one forward pass, nothing sampled: what a judge reads a
+        calibrated verdict from (e.g. P("yes") against P("no")). The KV cache's longest matching prefix
+        is reused, so a prompt that continues the previous generation pays only for its new tokens.
+        `timeout` bounds the wait for the model (another generation may hold it); TimeoutError after."""
+        tokens = self.tokens(prompt)
+        if not self.lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            raise TimeoutError(f"model {self.name!r} stayed busy for {timeout:g}s")
+        try:
+            cached = min(self.cached_prefix(tokens), len(tokens) - 1)
+            return NextToken(self.prefill(tokens), len(tokens), cached)
+        finally:
+            self.lock.release()
 
     def run(self, tokens: list[int], options: SamplingOptions, on_token: OnToken | None = None,
             cancel: threading.Event | None = None) -> Decoded:

@@ -25,21 +25,26 @@ ban, streaming and cancellation are the ordinary ones, and:
 
 The number of guesses adapts per pair (HuggingFace's assisted-generation schedule): +2 after a
 round whose guesses were all accepted, -1 after one with a rejection, between 1 and `max_draft`.
+Whether to draft at all is decided by measurement (`rag.runtime.draft_cost`, on for operator pairs):
+when the measured acceptance and step costs predict a slowdown, the target steps alone for a while.
 
 Operators pair models with `MIGHTY_DRAFT_MODELS="target:draft[,target:draft]"`, e.g.
 `qwen2.5-coder-1.5b-instruct:qwen2.5-coder-0.5b-instruct`; `mighty serve` checks every pair at
-start-up (both load, vocabularies identical token by token), and `local/<target>` then drafts.
+start-up (both load, vocabularies identical token by token), and `local/<target>` then drafts while
+drafting is predicted to pay (`MIGHTY_DRAFT_MIN_SPEEDUP`, default 1.0; 0 always drafts).
 """
 from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import deque
 from typing import Any
 
 import torch
 
 from rag.runtime.decode import Decoded, OnToken, decode
+from rag.runtime.draft_cost import DraftCost
 from rag.runtime.llama import LlamaModel
 from rag.runtime.model import LocalModel
 from rag.runtime.registry import LocalModelError
@@ -53,14 +58,15 @@ class Speculator:
     """A `decode` stepper: the target's next-token logits, up to k+1 positions per forward pass."""
 
     def __init__(self, target: LlamaModel, draft: LlamaModel, options: SamplingOptions, guesses: int,
-                 max_draft: int = MAX_DRAFT) -> None:
-        self.target, self.draft, self.options = target, draft, options
+                 max_draft: int = MAX_DRAFT, cost: DraftCost | None = None) -> None:
+        self.target, self.draft, self.options, self.cost = target, draft, options, cost
         self.vocab_size = target.vocab_size
         self.guesses, self.max_draft = max(1, guesses), max(1, max_draft)
         self.sequence: list[int] = []  # prompt and chosen tokens
         self.pending: deque[tuple[int, torch.Tensor]] = deque()  # (guess, target logits after it)
         self.prompt_length = 0
         self.drafted = self.accepted = 0
+        self.round_accepted = 0  # guesses of the current round accepted so far
 
     def start(self, prompt: list[int]) -> torch.Tensor:
         self.sequence, self.prompt_length = list(prompt), len(prompt)
@@ -73,25 +79,48 @@ class Speculator:
             guess, row = self.pending.popleft()
             if guess == token:
                 self.accepted += 1
+                self.round_accepted += 1
                 if not self.pending:  # every guess of the round accepted: guess further next time
                     self.guesses = min(self.max_draft, self.guesses + 2)
+                    self._verdict(rejected=False)
                 return row
             self.guesses = max(1, self.guesses - 1)
             self.pending.clear()
+            self._verdict(rejected=True)
         self.target.rewind(len(self.sequence) - 1)  # the target's cache: every accepted token, nothing after
-        guesses = self._draft()
+        drafting = self.cost is None or self.cost.drafting()
+        # the draft reads what it has not seen (the prompt, or tokens chosen while drafting was off)
+        # once: a catch-up, not what each guess costs, so the switch-off rule leaves its time out
+        catch_up = drafting and len(self.sequence) - self.draft.cached_prefix(self.sequence) > self.max_draft + 1
+        started = time.perf_counter()
+        guesses = self._draft() if drafting else []
+        drafted = time.perf_counter()
         rows = self.target.append([token, *guesses])
+        if self.cost is not None:  # what the switch-off rule weighs: a round against a plain step
+            verified = (time.perf_counter() - drafted) * 1000
+            if guesses:
+                self.cost.round(len(guesses), None if catch_up else (drafted - started) * 1000, verified)
+            else:
+                self.cost.plain_step(verified)
         self.drafted += len(guesses)
+        self.round_accepted = 0
         self.pending.extend(zip(guesses, rows[1:]))
         return rows[0]
+
+    def _verdict(self, rejected: bool) -> None:
+        if self.cost is not None:
+            self.cost.verdict(self.round_accepted, rejected)
 
     def finish(self, last: int) -> None:
         """Count only guesses the target judged: `decode` chose its last token without advancing past it,
         so the first guess left is judged against that token, and the rest were never needed."""
         if self.pending:
-            self.accepted += int(self.pending[0][0] == last)
+            hit = self.pending[0][0] == last
+            self.accepted += int(hit)
+            self.round_accepted += int(hit)
             self.drafted -= len(self.pending) - 1
             self.pending.clear()
+            self._verdict(rejected=not hit)
 
     def _draft(self) -> list[int]:
         """Up to `guesses` greedy draft tokens after the sequence, none the generation could not use."""
@@ -158,7 +187,7 @@ class SpeculativeModel(LocalModel):
     backend = "llama.cpp"
 
     def __init__(self, target: LocalModel, draft: LocalModel, guesses: int = DEFAULT_DRAFT,
-                 max_draft: int = MAX_DRAFT) -> None:
+                 max_draft: int = MAX_DRAFT, cost: DraftCost | None = None) -> None:
         for role, model in (("target", target), ("draft", draft)):
             if not isinstance(model, LlamaModel):
                 raise LocalModelError(f"speculative decoding needs GGUF models on llama.cpp; the {role} "
@@ -169,11 +198,12 @@ class SpeculativeModel(LocalModel):
         self.name, self.threads, self.vocab_size, self.eos_ids = target.name, target.threads, target.vocab_size, \
             target.eos_ids
         self.guesses, self.max_draft = guesses, max_draft
+        self.cost = cost  # the cost-aware switch-off (None: always draft), kept across generations
         self.lock = PairLock(target.lock, draft.lock)  # type: ignore[assignment]
 
     def run(self, tokens: list[int], options: SamplingOptions, on_token: OnToken | None = None,
             cancel: threading.Event | None = None) -> Decoded:
-        stepper = Speculator(self.target, self.draft, options, self.guesses, self.max_draft)
+        stepper = Speculator(self.target, self.draft, options, self.guesses, self.max_draft, self.cost)
         result = decode(stepper, self, tokens, options, on_token, cancel)
         stepper.finish(result.token_ids[-1])
         self.guesses = stepper.guesses  # the next generation starts from what this one learned
@@ -198,6 +228,9 @@ class SpeculativeModel(LocalModel):
 
     def step(self, token: int) -> torch.Tensor:
         return self.target.step(token)
+
+    def cached_prefix(self, tokens: list[int]) -> int:
+        return self.target.cached_prefix(tokens)
 
     def score(self, tokens: list[int]) -> torch.Tensor:
         return self.target.score(tokens)
@@ -246,7 +279,7 @@ def paired_model(name: str) -> SpeculativeModel | None:
 
             # only the target's logits decide tokens: the draft keeps llama.cpp's faster defaults
             _PAIRED[key] = SpeculativeModel(load_model(name, allow_paths=False, batch_invariant=True),
-                                            load_model(draft, allow_paths=False))
+                                            load_model(draft, allow_paths=False), cost=DraftCost())
         return _PAIRED[key]
 
 
