@@ -13,7 +13,8 @@ from typing import Any, Protocol
 from experts.errors import CardNotFound
 from experts.knowledge import CardLike, KnowledgeWriter
 from experts.routing import CardRouter, CardsChoice, RouteDecision, named
-from experts.selectors import CountTokens, Encode, SelectorSettings, check_facts, prune, select_relevant
+from experts.selectors import (CountTokens, Encode, SelectorSettings, check_facts, drop_restated, prune,
+                               select_relevant)
 from rag.context import Source
 
 
@@ -56,6 +57,7 @@ class CardReport:
     relevance: dict = field(default_factory=dict)
     pruning: dict = field(default_factory=dict)
     factuality: dict = field(default_factory=dict)
+    novelty: dict = field(default_factory=dict)
     evidence: str = ""
     used: bool = False
 
@@ -135,6 +137,8 @@ class CardKnowledge:
             report.evidence += f"; {note or f'{len(found)} passage(s) from collection {manifest.collection}'}"
         supported, factuality = check_facts(sentences, evidence, self.encode, settings)
         report.factuality = asdict(factuality)
+        supported, novelty = drop_restated(supported, request_evidence, self.encode, settings)
+        report.novelty = asdict(novelty)
         if not supported:
             return None, report
         report.used = True

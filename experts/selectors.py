@@ -32,6 +32,8 @@ class SelectorSettings(BaseModel):
     factuality_min: float = Field(0.6, ge=-1, le=1, description="similarity an evidence text must reach")
     factuality_names: bool = Field(True, description="numbers and names in a sentence must also appear in "
                                                      "the evidence that supports it")
+    novelty: bool = Field(True, description="with retrieved sources in the prompt, drop sentences those "
+                                            "sources already support (they can only restate or distort them)")
 
 
 @dataclass
@@ -95,6 +97,32 @@ def prune(query: str, passages: Sequence[str], encode: Encode, count_tokens: Cou
         used += cost
     kept = [sentences[i] for i in sorted(chosen)]
     return kept, PruningReport(len(sentences), len(kept), duplicates, used)
+
+
+@dataclass
+class NoveltyReport:
+    checked: int
+    restated: int
+    dropped_sentences: list[str] = field(default_factory=list)
+
+
+def drop_restated(sentences: Sequence[str], prompt_sources: Sequence[str], encode: Encode,
+                  settings: SelectorSettings) -> tuple[list[str], NoveltyReport]:
+    """Keep only the sentences that the prompt's own sources do not already support.
+
+    Why: next to retrieved documents, a card sentence those documents support adds nothing the
+    answerer does not read anyway, and when the card paraphrased a passage with one detail changed
+    (a name swapped, a simile reworded) the checks above cannot tell, while the answerer follows and
+    cites it (the losses measured on the pg-essays QA set with retrieval were of that kind). What a
+    card can add next to retrieval is what the retrieved top-k lacks; that is what stays."""
+    if not settings.novelty or not sentences or not prompt_sources:
+        return list(sentences), NoveltyReport(len(sentences), 0)
+    units = _evidence_units(prompt_sources)
+    vectors = encode([*sentences, *units])
+    support = (vectors[:len(sentences)] @ vectors[len(sentences):].T).max(axis=1)
+    kept = [s for s, best in zip(sentences, support) if best < settings.factuality_min]
+    dropped = [s for s, best in zip(sentences, support) if best >= settings.factuality_min]
+    return kept, NoveltyReport(len(sentences), len(dropped), dropped)
 
 
 def check_facts(sentences: Sequence[str], evidence: Sequence[str], encode: Encode,

@@ -254,3 +254,21 @@ def test_factuality_wants_a_sentences_names_together_in_one_supporting_text(enco
                          "IBM showed that a software company could make a fortune selling spreadsheets.")
     kept, report = check_facts([right, recombined], evidence, encode, SelectorSettings(factuality_min=0.5))
     assert kept == [right] and report.dropped_sentences == [recombined]
+
+
+def test_next_to_retrieved_sources_only_what_they_do_not_already_say_is_added(encode, essay_card):
+    """With the supporting passages already in the prompt, the card's checked sentences are restated
+    and dropped; with the same passages found only in the card's collection, they are new and kept."""
+    question = "Why do startups need cofounders?"
+    written = list(KnowledgeWriter().write(essay_card, question).passages)
+    stage = CardKnowledge(Cards([essay_card]), encode, lambda text: len(text.split()),
+                          CardRouter(encode, lambda c: None), KnowledgeWriter(),
+                          evidence=lambda card, texts: (written, "the card's own passages"),
+                          settings=SelectorSettings(relevance_min=-1.0, factuality_names=False))
+    alone = stage.run(question, ["essays"])
+    (fresh,) = alone.cards
+    assert fresh.used and fresh.novelty["restated"] == 0 and alone.sources()
+    beside_sources = stage.run(question, ["essays"], request_evidence=written)
+    (restated,) = beside_sources.cards
+    assert not restated.used and not beside_sources.sources()
+    assert restated.novelty["restated"] == restated.novelty["checked"] == fresh.factuality["supported"] > 0
