@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 
 from indexes.collection import Home  # noqa: E402
 from indexes.config import CollectionConfig, FusionConfig  # noqa: E402
-from indexes.documents import SourceDocument  # noqa: E402
+from benchmarks.synthetic import upsert_one_chunk  # noqa: E402  (one home for the one-chunk upsert)
 
 CACHE = Path("/work/bench-cache/rayserve")
 SEED = 1234
@@ -57,12 +57,7 @@ def build(args) -> None:
         started = time.perf_counter()
         with collection.writer() as writer:
             for i, text in enumerate(texts):
-                while True:  # a rare document of long words exceeds one chunk: trim it to stay one chunk
-                    try:
-                        writer.upsert(SourceDocument(id=f"d{i}", text=text), vectors=vectors[i:i + 1])
-                        break
-                    except ValueError:
-                        text = " ".join(text.split()[:-10])
+                upsert_one_chunk(writer, f"d{i}", text, vectors[i:i + 1])
             writer.commit()
         print(f"{name}: {args.size} chunks in {time.perf_counter() - started:.1f} s", flush=True)
 

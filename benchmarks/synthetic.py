@@ -90,6 +90,17 @@ class SyntheticCorpus:
         return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
+def upsert_one_chunk(writer, doc_id: str, text: str, vector: np.ndarray) -> None:
+    """Upsert a synthetic document with its precomputed vector; a rare run of long words makes it
+    span two chunks (one vector cannot serve both), so it is trimmed until it fits one."""
+    while True:
+        try:
+            writer.upsert(SourceDocument(id=doc_id, text=text), vectors=vector)
+            return
+        except ValueError:
+            text = " ".join(text.split()[:-10])
+
+
 def home_for(cache: Path, size: int) -> tuple[Home, str]:
     return Home(cache / "home"), f"synthetic-{size}"
 
@@ -117,12 +128,7 @@ def build(cache: Path, size: int, config: CollectionConfig | None = None) -> dic
             texts, vecs = corpus.texts(rng, n, 40, 80), corpus.vectors(rng, n)
             vectors[start:start + n] = vecs
             for i, text in enumerate(texts):
-                while True:  # a rare run of long words spans two chunks: trim it to stay one chunk
-                    try:
-                        writer.upsert(SourceDocument(id=f"d{start + i}", text=text), vectors=vecs[i:i + 1])
-                        break
-                    except ValueError:
-                        text = " ".join(text.split()[:-10])
+                upsert_one_chunk(writer, f"d{start + i}", text, vecs[i:i + 1])
             log(f"upserted {start + n:,}/{size:,} ({(start + n) / (time.perf_counter() - started):.0f} docs/s)")
         log("flushing: building the HNSW graph and the BM25 segment, then calibrating")
         writer.commit()

@@ -48,3 +48,14 @@ def build(root, shards: int, documents: list[SourceDocument], name: str = "corpu
             upsert(writer, collection, document)
         writer.commit()
     return Home(root).open(name)
+
+
+def sharded_home(root, records, shards: int, name: str = "corpus"):
+    """A home holding one sharded collection of `records` (real embeddings, no calibration): what the
+    Ray Serve tests serve. Returns the home folder."""
+    collection = Home(root).create(CollectionConfig(name=name, shards=shards, fusion=FusionConfig(calibrate=False)))
+    with collection.writer() as writer:
+        for record in records:
+            writer.upsert(SourceDocument(record["_id"], record["text"]))
+        writer.commit()
+    return root

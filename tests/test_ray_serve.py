@@ -25,8 +25,8 @@ from indexes.collection import Home  # noqa: E402
 from indexes.documents import SourceDocument  # noqa: E402
 from rag.retriever import Retriever  # noqa: E402
 from rag.schemas import RetrievalRequest  # noqa: E402
-from indexes.config import CollectionConfig, FusionConfig  # noqa: E402
 from tests.fusion_helpers import BASE, make_lora_card  # noqa: E402
+from tests.shard_helpers import sharded_home  # noqa: E402
 from tests.helpers import run_mighty, serving  # noqa: E402
 
 SHARDS = 2
@@ -50,13 +50,8 @@ def card(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, msmarco_records, card):
-    root = tmp_path_factory.mktemp("serve-home") / "home"
     # real embeddings: the embedder deployment embeds queries with the collection's own model
-    collection = Home(root).create(CollectionConfig(name="corpus", shards=SHARDS, fusion=FusionConfig(calibrate=False)))
-    with collection.writer() as writer:
-        for record in msmarco_records[:60]:
-            writer.upsert(SourceDocument(record["_id"], record["text"]))
-        writer.commit()
+    root = sharded_home(tmp_path_factory.mktemp("serve-home") / "home", msmarco_records[:60], SHARDS)
     registered = run_mighty(root, "cards", "register", str(card))  # clients name registered cards
     assert registered.returncode == 0, registered.stderr
     return root

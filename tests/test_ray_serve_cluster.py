@@ -22,11 +22,9 @@ import ray  # noqa: E402
 from ray import serve  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from indexes.collection import Home  # noqa: E402
-from indexes.config import CollectionConfig, FusionConfig  # noqa: E402
-from indexes.documents import SourceDocument  # noqa: E402
 from indexes.ray_shards import shard_resource  # noqa: E402
 from indexes.shards import shard_folder, shard_of  # noqa: E402
+from tests.shard_helpers import sharded_home  # noqa: E402
 from tests.helpers import serving  # noqa: E402
 
 SHARDS = 2
@@ -51,13 +49,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, msmarco_records):
-    root = tmp_path_factory.mktemp("serve-cluster") / "home"
-    collection = Home(root).create(CollectionConfig(name="corpus", shards=SHARDS, fusion=FusionConfig(calibrate=False)))
-    with collection.writer() as writer:
-        for record in msmarco_records[:60]:
-            writer.upsert(SourceDocument(record["_id"], record["text"]))
-        writer.commit()
-    return root
+    return sharded_home(tmp_path_factory.mktemp("serve-cluster") / "home", msmarco_records[:60], SHARDS)
 
 
 def _placement(home, shard: int):

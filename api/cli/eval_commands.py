@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -106,19 +107,11 @@ def answers(ctx: typer.Context, qa: Path = typer.Argument(..., help="QA JSONL: i
     if is_cascade(resolved):
         _cascade_answers(state, run, items, qa, out, as_json, rejected)
         return
-    sink = open(out, "w", encoding="utf-8") if out else None
-    try:
-        with RichProgress() as progress:
-            if chosen is not None:
-                runs = evaluate_settings(state, run, chosen, items, progress, on_result=_writer(sink))
-            else:
-                model, results = evaluate_answers(state, run, items, progress, on_result=_writer(sink))
-    except RunRefused as exc:
-        raise fail(str(exc)) from None
-    finally:
-        if sink:
-            sink.close()
-        state.close()
+    with _answer_run(state, out) as (progress, on_result):
+        if chosen is not None:
+            runs = evaluate_settings(state, run, chosen, items, progress, on_result=on_result)
+        else:
+            model, results = evaluate_answers(state, run, items, progress, on_result=on_result)
     if chosen is not None:
         report = settings_report(qa.name, collection, top_k, run.cards, runs)
         if as_json:
@@ -140,20 +133,11 @@ def answers(ctx: typer.Context, qa: Path = typer.Argument(..., help="QA JSONL: i
 
 def _cascade_answers(state, run, items, qa: Path, out: Path | None, as_json: bool, rejected: list[str]) -> None:
     """A cascade: run small, confidences and large once per question, then print the swept curve."""
-    from api.answer_runs import RunRefused
     from api.cascade_runs import evaluate_cascade
     from rag import cascade_curve
 
-    sink = open(out, "w", encoding="utf-8") if out else None
-    try:
-        with RichProgress() as progress:
-            model, records = evaluate_cascade(state, run, items, progress, on_record=_writer(sink))
-    except RunRefused as exc:
-        raise fail(str(exc)) from None
-    finally:
-        if sink:
-            sink.close()
-        state.close()
+    with _answer_run(state, out) as (progress, on_record):
+        model, records = evaluate_cascade(state, run, items, progress, on_record=on_record)
     report = cascade_curve_report(records, model)
     report = {"qa": qa.name, "collection": run.collection, "top_k": run.top_k, **report}
     if as_json:
@@ -237,6 +221,24 @@ def _cards(value: str | None):
     if not names:
         raise fail("--cards must be auto, none or card names separated by commas")
     return names
+
+
+@contextmanager
+def _answer_run(state, out: Path | None):
+    """Around one evaluation run: a progress bar, the per-answer JSONL sink (when `--out` is given),
+    a refused run turned into an exit with its reason, and the service state closed whatever happens."""
+    from api.answer_runs import RunRefused
+
+    sink = open(out, "w", encoding="utf-8") if out else None
+    try:
+        with RichProgress() as progress:
+            yield progress, _writer(sink)
+    except RunRefused as exc:
+        raise fail(str(exc)) from None
+    finally:
+        if sink:
+            sink.close()
+        state.close()
 
 
 def _writer(sink):
