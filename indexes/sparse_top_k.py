@@ -62,8 +62,10 @@ def pruned_top_k(indptr, indices, tf, doc_len, mask, term_ids, weights, bounds, 
     `scores`, `seen` must be clean (all zero) and are left clean; `touched` is scratch."""
     n_terms = term_ids.shape[0]
     after = np.zeros(n_terms + 1, dtype=np.float64)  # after[i]: sum of bounds of terms i..end
+    unread = np.zeros(n_terms + 1, dtype=np.int64)  # unread[i]: postings of terms i..end
     for i in range(n_terms - 1, -1, -1):
         after[i] = after[i + 1] + bounds[i]
+        unread[i] = unread[i + 1] + indptr[term_ids[i] + 1] - indptr[term_ids[i]]
     use_mask = mask.shape[0] > 0
     n_touched = 0
     theta = -1.0
@@ -82,7 +84,10 @@ def pruned_top_k(indptr, indices, tf, doc_len, mask, term_ids, weights, bounds, 
                 touched[n_touched] = row
                 n_touched += 1
         read += 1
-        if read < n_terms and n_touched >= k:
+        # the k-th best cannot exceed the bounds read so far, and finding it costs a pass over the
+        # rows in play: only look when it could stop the reading and the reading left costs more
+        if read < n_terms and n_touched >= k and after[read] < after[0] - after[read] \
+                and n_touched < unread[read]:
             theta = _kth_score(touched[:n_touched], scores, k)
             if after[read] < theta:
                 break
