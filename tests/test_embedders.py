@@ -45,7 +45,7 @@ def test_onnx_int8_keeps_the_ffn_output_projections_in_fp32():
 
 
 def _tiny_graph(with_gelu: bool) -> onnx.ModelProto:
-    """x @ W1 -> (GELU, erf form | nothing) -> @ W2: two weight MatMuls, renamed so names cannot help."""
+    """x @ W1 -> (GELU, erf form | nothing) -> @ W2: two weight MatMuls named "a" and "b", so only structure can tell them apart."""
     rng = np.random.default_rng(0)
     w1, w2 = (numpy_helper.from_array(rng.normal(size=(16, 16)).astype(np.float32), n) for n in ("w1", "w2"))
     half, one, root2 = (numpy_helper.from_array(np.array(v, dtype=np.float32), n)
