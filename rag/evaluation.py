@@ -10,6 +10,7 @@ from pathlib import Path
 from indexes.collection import Collection, Home
 from indexes.config import CollectionConfig
 from indexes.documents import SourceDocument
+from indexes.onnx_embedder import QUANTIZED_FILE
 from indexes.readers import read_jsonl_lines
 from indexes.writer import ProgressSink
 from rag.metrics import mrr_at_k, ndcg_at_k, ndcg_at_k_leaderboard, percentile, recall_at_k
@@ -66,7 +67,9 @@ class BeirDataset:
 def build_index(home: Home, dataset: BeirDataset, config: CollectionConfig,
                 progress: ProgressSink | None = None) -> tuple[Collection, float]:
     """Index the corpus once per (content, settings); returns the collection and passages/s."""
-    key = hashlib.sha256((dataset.fingerprint() + config.model_dump_json(exclude={"name"})).encode()).hexdigest()[:16]
+    recipe = QUANTIZED_FILE if config.embedder.backend == "onnx-int8" else ""  # a new int8 recipe, new vectors
+    key = hashlib.sha256((dataset.fingerprint() + config.model_dump_json(exclude={"name"}) + recipe).encode()
+                         ).hexdigest()[:16]
     name = f"eval-{key}"
     throughput_file = home.collections_dir / name / "eval-throughput.json"
     if throughput_file.exists():
