@@ -32,7 +32,7 @@ METRICS = ["ndcg@10_lb", "ndcg@10"]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("datasets", nargs="*", type=Path, help="extra BEIR folders")
-    parser.add_argument("--only", nargs="*", default=None, help="msmarco, pg-essays, pg-essays-popular, docs-qa, arabic-qa")
+    parser.add_argument("--only", nargs="*", default=None, help="msmarco, pg-essays, pg-essays-popular, pg-questions, docs-qa, arabic-qa")
     parser.add_argument("--docs-qa", type=Path, default=ROOT / "data" / "qa" / "docs-qa.jsonl",
                         help="questions for the docs-qa set")
     parser.add_argument("--home", type=Path, default=Path(os.environ.get("MIGHTY_HOME", "~/.mighty")).expanduser() / "eval-cache")
