@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -24,6 +25,7 @@ from tokenizers import Encoding, Tokenizer
 from indexes.config import EmbedderConfig, model_cache_dir
 from indexes.embedders import Progress, resolve_model
 
+log = logging.getLogger(__name__)
 _EXPORT_LOCK = threading.Lock()  # two collections in one process must not export the same model twice
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -104,16 +106,54 @@ def _export(transformer: Path, target: Path) -> None:
             input_names=names, output_names=["last_hidden_state"], dynamic_axes=axes))
 
 
+# Ops a GELU (erf or tanh form, or a fused Gelu) is made of, and those that mark one.
+_ACTIVATION_PATH = {"Add", "Mul", "Div", "Sub", "Pow", "Erf", "Tanh", "Sigmoid", "Cast", "Identity",
+                    "Gelu", "FastGelu", "BiasGelu", "QuickGelu"}
+_GELU_MARKS = {"Erf", "Tanh", "Gelu", "FastGelu", "BiasGelu", "QuickGelu", "Sigmoid"}
+QUANTIZED_FILE = "model.int8-v2.onnx"  # renamed with each change of recipe, so old files are not reused
+
+
+def _ffn_output_matmuls(model: Any) -> list[str]:
+    """Names of the MatMuls that read a GELU's output: the FFN output projections of a BERT layer.
+
+    Found by graph structure, not by exporter naming: walk back from the MatMul's activation input
+    through element-wise ops only (never through another MatMul, a LayerNorm or a Softmax) and look
+    for an Erf/Tanh/Gelu. In a BERT-style encoder only the FFN output projection qualifies.
+    """
+    producer = {out: node for node in model.graph.node for out in node.output}
+    weights = {init.name for init in model.graph.initializer}
+
+    def reads_gelu(tensor: str, depth: int = 8) -> bool:
+        node = producer.get(tensor)
+        if node is None or depth == 0 or node.op_type not in _ACTIVATION_PATH:
+            return False
+        return node.op_type in _GELU_MARKS or any(reads_gelu(i, depth - 1) for i in node.input)
+
+    return [node.name for node in model.graph.node
+            if node.op_type in ("MatMul", "Gemm") and node.name and node.input[1] in weights
+            and reads_gelu(node.input[0])]
+
+
 def _quantize(source: Path, target: Path) -> None:
     """Dynamic int8 quantisation: int8 weights, activations quantised per call, no calibration data.
 
     Per-channel weight scales matter: MiniLM has outlier output channels, and one scale per tensor
     drops the cosine to torch from ~0.993 to ~0.957 on MS MARCO (reduce_range makes it worse still).
+    The FFN output projections stay fp32: their input is GELU output, heavy-tailed, and one int8 scale
+    per call over it costs the most accuracy. Leaving those 6 of MiniLM-L6's 36 weight MatMuls in fp32
+    lifts the cosine to fp32 from 0.9942 to 0.9969 (mean) on MS MARCO passages; the nDCG@10 cost is
+    in benchmarks/RESULTS.md, "Indexing speed: int8 variants". A graph with no GELU found is
+    quantised whole, with a warning, rather than failing.
     """
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    keep_fp32 = _ffn_output_matmuls(onnx.load(str(source)))
+    if not keep_fp32:
+        log.warning("onnx-int8: no MatMul reading a GELU output found in %s; quantising every MatMul "
+                    "(lower accuracy than the usual recipe)", source)
     _atomic_write(target, lambda tmp: quantize_dynamic(
-        source, tmp, weight_type=QuantType.QInt8, per_channel=True))
+        source, tmp, weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep_fp32))
 
 
 class OnnxEmbedder:
@@ -133,13 +173,19 @@ class OnnxEmbedder:
             if not path.exists():
                 _export(transformer, path)
             if config.backend == "onnx-int8":
-                source, path = path, cache / "model.int8.onnx"
+                source, path = path, cache / QUANTIZED_FILE
                 if not path.exists():
                     _quantize(source, path)
                 self.onnx_path = path
 
         options = ort.SessionOptions()  # graph optimisations default to ORT_ENABLE_ALL
         options.intra_op_num_threads = int(os.environ.get("MIGHTY_EMBED_THREADS") or os.cpu_count() or 1)
+        # Idle intra-op threads spin by default, which keeps cores busy after each run: in a service
+        # the query embedding runs next to BM25 and HNSW on the same few cores (hybrid p50 at 1M chunks,
+        # 2 cores: 5.6-5.8 ms spinning, 4.6-5.0 ms not), while batch indexing is as fast either way
+        # (155 passages/s, benchmarks/RESULTS.md). MIGHTY_EMBED_SPIN=1 turns spinning back on.
+        if os.environ.get("MIGHTY_EMBED_SPIN") != "1":
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # InferenceSession.run is thread-safe, so concurrent encode() calls need no lock.
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._inputs = [i.name for i in self._session.get_inputs()]

@@ -3,7 +3,8 @@
 Postings keep raw term frequencies and document lengths, never precomputed idf: collection
 statistics (N, document frequencies, average length) are gathered separately and summed across
 segments (or, later, across shards on several machines), so scores stay global and exact while
-segments come and go. Scoring and top-k selection run in numba over the touched rows only.
+segments come and go. Scoring and top-k selection run in numba with exact MaxScore pruning
+(`indexes.sparse_top_k`).
 """
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numba
 import numpy as np
 import scipy.sparse as sp
 
 from indexes.config import BM25Config
+from indexes.sparse_top_k import pruned_top_k, scratch, term_bounds
 
 _EMPTY_MASK = np.zeros(0, dtype=np.uint8)
 
@@ -28,6 +29,7 @@ class SparseSegment:
         self.vocab = vocab
         self.term_ids = {term: i for i, term in enumerate(vocab)}
         self.indptr, self.indices, self.tf, self.doc_len = indptr, indices, tf, doc_len
+        self._bounds: tuple[tuple[float, float, float], np.ndarray] | None = None
 
     @property
     def rows(self) -> int:
@@ -104,10 +106,22 @@ class SparseSegment:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
         term_ids = np.asarray([ids[i] for i in keep], dtype=np.int64)
         term_weights = np.asarray(weights, dtype=np.float64)[keep]
-        rows, scores = _score_top_k(self.indptr, self.indices, self.tf, self.doc_len,
-                                    _EMPTY_MASK if mask is None else mask, term_ids, term_weights,
-                                    float(k1), float(b), float(avgdl), int(k))
-        return rows, scores
+        bounds = np.maximum(term_weights, 0.0) * self.saturation_bounds(k1, b, avgdl)[term_ids]
+        order = np.argsort(-bounds, kind="stable")
+        scores, seen, touched = scratch(self.rows)
+        return pruned_top_k(self.indptr, self.indices, self.tf, self.doc_len, _EMPTY_MASK if mask is None else mask,
+                            term_ids[order], term_weights[order], bounds[order], float(k1), float(b), float(avgdl),
+                            int(k), scores, seen, touched)
+
+    def saturation_bounds(self, k1: float, b: float, avgdl: float) -> np.ndarray:
+        """Per term, the best BM25 saturation factor over its postings under these parameters: what
+        MaxScore pruning (`indexes.sparse_top_k`) needs. Computed once per (k1, b, avgdl), i.e. once
+        per generation of the collection statistics (a linear pass over the postings)."""
+        key = (float(k1), float(b), float(avgdl))
+        cached = self._bounds
+        if cached is None or cached[0] != key:
+            cached = self._bounds = (key, term_bounds(self.indptr, self.indices, self.tf, self.doc_len, *key))
+        return cached[1]
 
 
     def score_rows(self, terms: list[str], weights: np.ndarray, rows: np.ndarray, k1: float, b: float,
@@ -178,70 +192,6 @@ def query_weights(config: BM25Config, stats: CollectionStats, terms: list[str],
     unique = list(dict.fromkeys(terms))
     counts = np.asarray([terms.count(t) for t in unique], dtype=np.float64)
     return unique, idf(config, stats, df) * counts
-
-
-@numba.njit(cache=True, nogil=True)
-def _score_top_k(indptr, indices, tf, doc_len, mask, term_ids, weights, k1, b, avgdl, k):
-    n_rows = doc_len.shape[0]
-    scores = np.zeros(n_rows, dtype=np.float64)
-    seen = np.zeros(n_rows, dtype=np.uint8)
-    touched = np.empty(n_rows, dtype=np.int64)
-    n_touched = 0
-    use_mask = mask.shape[0] > 0
-    for q in range(term_ids.shape[0]):
-        tid = term_ids[q]
-        w = weights[q]
-        for p in range(indptr[tid], indptr[tid + 1]):
-            row = indices[p]
-            if use_mask and mask[row] == 0:
-                continue
-            f = tf[p]
-            scores[row] += w * f * (k1 + 1.0) / (f + k1 * (1.0 - b + b * doc_len[row] / avgdl))
-            if seen[row] == 0:
-                seen[row] = 1
-                touched[n_touched] = row
-                n_touched += 1
-    return _heap_top_k(touched[:n_touched], scores, k)
-
-
-@numba.njit(cache=True, nogil=True)
-def _heap_top_k(candidates, scores, k):
-    """Top-k by a bounded min-heap: O(n log k), and most candidates fail one comparison."""
-    size = 0
-    heap_rows = np.empty(max(k, 1), dtype=np.int64)
-    heap_scores = np.empty(max(k, 1), dtype=np.float64)
-    for i in range(candidates.shape[0]):
-        row = candidates[i]
-        s = scores[row]
-        if size < k:
-            pos = size
-            size += 1
-            while pos > 0:  # sift up
-                parent = (pos - 1) // 2
-                if heap_scores[parent] <= s:
-                    break
-                heap_rows[pos] = heap_rows[parent]
-                heap_scores[pos] = heap_scores[parent]
-                pos = parent
-            heap_rows[pos] = row
-            heap_scores[pos] = s
-        elif s > heap_scores[0]:
-            pos = 0
-            while True:  # sift down from the root
-                child = 2 * pos + 1
-                if child >= size:
-                    break
-                if child + 1 < size and heap_scores[child + 1] < heap_scores[child]:
-                    child += 1
-                if heap_scores[child] >= s:
-                    break
-                heap_rows[pos] = heap_rows[child]
-                heap_scores[pos] = heap_scores[child]
-                pos = child
-            heap_rows[pos] = row
-            heap_scores[pos] = s
-    order = np.argsort(-heap_scores[:size], kind="mergesort")
-    return heap_rows[:size][order], heap_scores[:size][order]
 
 
 def gather_stats(config: BM25Config, parts: list[tuple[SparseSegment, np.ndarray | None]]) -> CollectionStats:
