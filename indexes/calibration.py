@@ -99,7 +99,8 @@ class FusionCalibration:
     dense_top_spread: dict[str, float] = field(default_factory=dict)  # style -> std of the best dense scores
 
     def weight(self, top: float) -> float:
-        """The dense weight of a query whose best dense score is `top` (`indexes.fusion.match_weight`)."""
+        """The dense weight of a query whose best dense score is `top` (`indexes.fusion.match_weight`,
+        then `indexes.fusion.tie_weight`)."""
         return query_weight(self.to_dict(), top)
 
     def params(self, top: float) -> FusionParams:
@@ -116,7 +117,8 @@ class FusionCalibration:
 def query_weight(settings: dict, top: float | None) -> float:
     """The dense weight a query gets from stored fusion settings (a calibration as `index stats`
     shows it, or the configured ones): interpolated by its best dense score when the calibration
-    measured both styles, the single calibrated or configured weight otherwise."""
+    measured both styles, and moved up the tied range when it is matched more closely than a
+    typical sentence; the single calibrated or configured weight otherwise."""
     tops = settings.get("dense_top") or {}
     if top is None or settings.get("keyword_weight") is None or "sentence" not in tops:
         return float(settings["dense_weight"])
