@@ -32,7 +32,7 @@ METRICS = ["ndcg@10_lb", "ndcg@10"]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("datasets", nargs="*", type=Path, help="extra BEIR folders")
-    parser.add_argument("--only", nargs="*", default=None, help="msmarco, pg-essays, pg-essays-popular, docs-qa, arabic-qa")
+    parser.add_argument("--only", nargs="*", default=None, help="msmarco, pg-essays, pg-essays-popular, pg-questions, docs-qa, arabic-qa")
     parser.add_argument("--docs-qa", type=Path, default=ROOT / "data" / "qa" / "docs-qa.jsonl",
                         help="questions for the docs-qa set")
     parser.add_argument("--home", type=Path, default=Path(os.environ.get("MIGHTY_HOME", "~/.mighty")).expanduser() / "eval-cache")
@@ -74,6 +74,8 @@ def _summary(name: str, found: dict[str, dict], fusion: dict) -> dict:
     margin = {"lb": round(lb["hybrid"] - max(lb["bm25"], lb["dense"]), 4),
               "std": round(std["hybrid"] - max(std["bm25"], std["dense"]), 4)}
     keywords = f" (keyword bags {fusion['keyword_weight']})" if fusion.get("keyword_weight") is not None else ""
+    if fusion.get("dense_weight_max") is not None and fusion["dense_weight_max"] > fusion["dense_weight"]:
+        keywords += f" (closely matched up to {fusion['dense_weight_max']})"
     text = (f"{fusion['source']}: dense {fusion['dense_weight']}{keywords}, {fusion['normalisation']}, "
             f"adaptive {fusion['adaptive']}")
     return {"set": name, "queries": found["bm25"]["queries"], "lb": lb, "std": std, "margin": margin,

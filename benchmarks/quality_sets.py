@@ -7,6 +7,9 @@
   tf x idf (their "discriminative" model: the rare words a user who remembers a passage types),
   in the order they appear. The one relevant document is the chunk they came from. Nothing is
   hand-picked. pg-essays-popular: the same chunks and lengths with their "popular" model (p ~ tf).
+- pg-questions: the natural questions in `data/qa/pg-essays-qa.jsonl` over the same essay chunks
+  (relevant = the chunk named): how the essays are asked about when not by remembered words. Its
+  collection is the pg-essays one, so it costs no index of its own.
 - docs-qa: the questions in `data/qa/docs-qa.jsonl` over `data/docs`, relevant = the `doc` named.
 - arabic: `benchmarks/data/arabic-qa`, a small Arabic reading-comprehension-style set written for
   this project (questions paraphrase their passage rather than quote it).
@@ -89,6 +92,16 @@ def pg_essays(work: Path, queries: int = 150, seed: int = 0, model: str = "discr
     return _write_beir(work / name, source, query_text, qrels)
 
 
+def pg_questions(work: Path, questions: Path = ROOT / "data" / "qa" / "pg-essays-qa.jsonl") -> Path | None:
+    """Natural questions about the essays, each judged relevant to the chunk it was written from."""
+    source = SHARED / "corpora" / "pg-essays" / "corpus.jsonl"
+    if not source.is_file() or not questions.is_file():
+        return None
+    records = [json.loads(line) for line in questions.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return _write_beir(work / "pg-questions", source, {r["id"]: r["question"] for r in records},
+                       {r["id"]: {r["doc"]: 1} for r in records})
+
+
 def docs_qa(work: Path, questions: Path = ROOT / "data" / "qa" / "docs-qa.jsonl") -> Path | None:
     """`data/qa/docs-qa.jsonl` questions over `data/docs`, read exactly as `mighty index add` reads them."""
     if not questions.is_file():
@@ -111,7 +124,8 @@ def available(work: Path, extra: list[Path], only: list[str] | None = None,
               qa: Path = ROOT / "data" / "qa" / "docs-qa.jsonl") -> list[Path]:
     """Every set that can be built here (or those named in `only`), then any BEIR folders given."""
     builders = {"msmarco": msmarco, "pg-essays": lambda: pg_essays(work),
-                "pg-essays-popular": lambda: pg_essays(work, model="popular"), "docs-qa": lambda: docs_qa(work, qa),
+                "pg-essays-popular": lambda: pg_essays(work, model="popular"), "pg-questions": lambda: pg_questions(work),
+                "docs-qa": lambda: docs_qa(work, qa),
                 "arabic-qa": arabic}
     built = [build() for name, build in builders.items() if not only or name in only]
     return [p for p in built if p is not None] + list(extra)

@@ -28,6 +28,22 @@ Method:
    typical keyword bag the keyword weight, linearly in between (`indexes.fusion.match_weight`).
    An embedder that matches keyword bags as closely as sentences gives no contrast: every query
    then gets the sentence weight.
+6. Ties toward dense for well-matched queries. A sentence curve is often flat within its sampling
+   error over a wide range of weights (e5-small on MS MARCO: 0.3-0.9 at 200 pseudo-queries), and
+   the smoothed argmax then lands anywhere in it. The weights above the chosen one whose paired
+   nDCG@10 difference from it stays within two standard errors are recorded (`dense_weight_max`,
+   capped at the last mix, 0.9, so a tie never turns hybrid into dense alone); a query matched
+   better than the typical sentence pseudo-query moves up that range, reaching its top one standard
+   deviation of the sentences' best dense scores above their mean (`indexes.fusion.tie_weight`).
+   Queries matched that well are the ones the pseudo-queries say least about (of MS MARCO's
+   questions 93% (MiniLM) and 98% (e5) are above the sentence mean, 21% and 67% above mean + 1 sd),
+   and among settings the collection cannot tell apart the one leaning on the retriever that
+   matches them closely is the natural pick. It is a tie-break, not evidence: with five times
+   more pseudo-queries the tied range narrows and e5 on MS MARCO falls short again. Guard: no
+   range is recorded when the embedder is dominated on known items, i.e. its nDCG@10 on keyword
+   bags is more than two standard errors below half of BM25's (pg-essays 0.26-0.30 of BM25, Arabic
+   under MiniLM 0.18-0.24; MS MARCO 0.46-0.61, docs 0.50-0.60): there a closely matched query is
+   not evidence that dense is right (on pg-essays' own natural questions it costs up to 0.02).
 Why not choose one setting for both styles, e.g. the one with the least worst-case regret against
 the better single retriever per style: keyword bags favour BM25 on every corpus measured (the
 words are in the source by construction; dense's nDCG@10 on them is 2-4 times lower), so that setting is
@@ -51,7 +67,7 @@ import numpy as np
 from indexes.analyzer import Analyzer
 from indexes.config import CollectionConfig
 from indexes.embedders import Embedder, encode_queries
-from indexes.fusion import FusionParams, fuse, match_weight
+from indexes.fusion import FusionParams, fuse, match_weight, tie_weight
 from indexes.pseudo_queries import PseudoQuery, pseudo_queries
 from indexes.snapshot import Snapshot
 from indexes.sparse import bm25_of_terms
@@ -60,7 +76,9 @@ GRID = tuple(i / 10 for i in range(11))
 NORMALISATIONS = ("minmax", "zscore")
 MIN_CHUNKS = 50  # below this a collection keeps the configured defaults: too few to measure
 MIN_PROBES = 20
-METHOD = "sentence + keyword pseudo-queries, weight by dense match"
+METHOD = "sentence + keyword pseudo-queries, weight by dense match, ties toward dense when matched closely"
+TIE_Z = 2.0  # standard errors within which two settings' pseudo-query nDCG@10 are called tied
+KNOWN_ITEM_SHARE = 0.5  # dense must reach this share of BM25's nDCG@10 on keyword bags to break ties
 
 
 @dataclass(frozen=True)
@@ -77,9 +95,12 @@ class FusionCalibration:
     ndcg: dict[str, dict[str, float]] = field(default_factory=dict)  # style -> bm25, dense, hybrid, default
     curve: dict[str, list[float]] = field(default_factory=dict)  # style -> nDCG@10 per dense weight in GRID
     method: str = METHOD
+    dense_weight_max: float | None = None  # the top of the weights tied with dense_weight on sentences
+    dense_top_spread: dict[str, float] = field(default_factory=dict)  # style -> std of the best dense scores
 
     def weight(self, top: float) -> float:
-        """The dense weight of a query whose best dense score is `top` (`indexes.fusion.match_weight`)."""
+        """The dense weight of a query whose best dense score is `top` (`indexes.fusion.match_weight`,
+        then `indexes.fusion.tie_weight`)."""
         return query_weight(self.to_dict(), top)
 
     def params(self, top: float) -> FusionParams:
@@ -96,12 +117,17 @@ class FusionCalibration:
 def query_weight(settings: dict, top: float | None) -> float:
     """The dense weight a query gets from stored fusion settings (a calibration as `index stats`
     shows it, or the configured ones): interpolated by its best dense score when the calibration
-    measured both styles, the single calibrated or configured weight otherwise."""
+    measured both styles, and moved up the tied range when it is matched more closely than a
+    typical sentence; the single calibrated or configured weight otherwise."""
     tops = settings.get("dense_top") or {}
     if top is None or settings.get("keyword_weight") is None or "sentence" not in tops:
         return float(settings["dense_weight"])
-    return match_weight(top, tops.get("keywords"), tops["sentence"], settings["keyword_weight"],
-                        settings["dense_weight"])
+    weight = match_weight(top, tops.get("keywords"), tops["sentence"], settings["keyword_weight"],
+                          settings["dense_weight"])
+    spread = (settings.get("dense_top_spread") or {}).get("sentence")
+    if settings.get("dense_weight_max") is None or spread is None:  # stored before ties were measured
+        return weight
+    return tie_weight(top, tops["sentence"], spread, weight, settings["dense_weight_max"])
 
 
 def stamp(found: FusionCalibration | None, manifest) -> dict | None:
@@ -210,8 +236,11 @@ def choose(evidence: dict[str, Evidence], default_weight: float, adaptive: bool,
         keywords = curves["keywords"][n:n + 1]
         toward = 0.0 if keywords[0, 0] >= keywords[0, -1] else 1.0
         keyword_weight = GRID[_best(keywords, lambda _, w: abs(GRID[w] - toward))[1]]
-    settings = {"dense_weight": weight, "keyword_weight": keyword_weight,
-                "dense_top": {style: float(e.tops.mean()) for style, e in evidence.items()}}
+    sentence = evidence["sentence"].gains[n]
+    tied = GRID[_tied_above(sentence, w)] if _competent(evidence.get("keywords"), n) else weight
+    settings = {"dense_weight": weight, "keyword_weight": keyword_weight, "dense_weight_max": tied,
+                "dense_top": {style: float(e.tops.mean()) for style, e in evidence.items()},
+                "dense_top_spread": {style: float(e.tops.std()) for style, e in evidence.items()}}
     ndcg = {}
     for style, e in evidence.items():
         hybrid = np.mean([_gain(fuse(p, FusionParams(query_weight(settings, top), normalisation, adaptive))[0])
@@ -222,7 +251,35 @@ def choose(evidence: dict[str, Evidence], default_weight: float, adaptive: bool,
     return FusionCalibration(weight, normalisation, adaptive, {s: len(e.pools) for s, e in evidence.items()}, seed,
                              keyword_weight, {s: round(v, 4) for s, v in settings["dense_top"].items()},
                              {s: {k: round(float(v), 4) for k, v in d.items()} for s, d in ndcg.items()},
-                             {s: [round(float(v), 4) for v in c[n]] for s, c in curves.items()})
+                             {s: [round(float(v), 4) for v in c[n]] for s, c in curves.items()}, METHOD, tied,
+                             {s: round(v, 4) for s, v in settings["dense_top_spread"].items()})
+
+
+def _tied_above(gains: np.ndarray, chosen: int) -> int:
+    """The highest weight index above `chosen`, up to the last mix, reached through weights whose
+    paired per-query nDCG@10 difference from `chosen` stays within TIE_Z standard errors
+    (gains[weight, query])."""
+    top = chosen
+    while top < len(GRID) - 2 and _not_below(gains[top + 1] - gains[chosen]):
+        top += 1
+    return top
+
+
+def _competent(keywords: "Evidence | None", n: int) -> bool:
+    """Whether dense is not dominated on known items: its nDCG@10 on keyword bags is not more than
+    TIE_Z standard errors below KNOWN_ITEM_SHARE of BM25's (paired per query). No keyword bags, no claim."""
+    if keywords is None:
+        return False
+    gains = keywords.gains[n]
+    return _not_below(gains[-1] - KNOWN_ITEM_SHARE * gains[0])
+
+
+def _not_below(differences: np.ndarray) -> bool:
+    """A paired mean difference not significantly below zero: mean >= -TIE_Z standard errors."""
+    if len(differences) < 2:
+        return False
+    error = float(differences.std(ddof=1)) / math.sqrt(len(differences))
+    return float(differences.mean()) >= -TIE_Z * error - 1e-12
 
 
 def _best(curves: np.ndarray, distance) -> tuple[int, int]:

@@ -107,5 +107,15 @@ def match_weight(top: float, keyword_top: float | None, sentence_top: float, key
     return keyword_weight + share * (sentence_weight - keyword_weight)
 
 
+def tie_weight(top: float, sentence_top: float, spread: float, weight: float, weight_max: float) -> float:
+    """The dense weight of a query matched better than a typical sentence pseudo-query: from the
+    calibrated `weight` (at the sentences' mean best dense score `sentence_top`) up to `weight_max`,
+    the highest weight the sentence evidence could not tell from it, reached one standard deviation
+    (`spread`) above that mean. Below the mean, or without such a range, the weight is unchanged."""
+    if weight_max <= weight or spread <= 0 or top <= sentence_top:
+        return weight
+    return weight + min((top - sentence_top) / spread, 1.0) * (weight_max - weight)
+
+
 def fuse(scores: Scores, params: FusionParams) -> tuple[np.ndarray, dict[str, float]]:
     return convex_combination(scores, params.weights(), params.adaptive, params.normalisation)

@@ -67,6 +67,7 @@ def test_useless_dense_retriever_gets_no_weight_and_hybrid_matches_bm25(unknown_
     for style in ("sentence", "keywords"):  # the embedder cannot read this script, however it is asked
         assert fusion["ndcg"][style]["dense"] < 0.5 * fusion["ndcg"][style]["bm25"]
     assert fusion["dense_weight"] == 0.0 and fusion["keyword_weight"] == 0.0
+    assert fusion["dense_weight_max"] == 0.0  # dominated on known items: no tie is broken toward dense
     retriever = Retriever(collection)
     same_top, scores = 0, {"bm25": [], "hybrid": [], "dense": []}
     for doc_id, query in queries.items():
@@ -106,7 +107,8 @@ def test_index_stats_reports_the_calibrated_fusion_and_calibrate_reproduces_it(u
     stats = json.loads(result.stdout)
     fusion = stats["fusion"]
     assert fusion["source"] == "calibrated" and fusion["method"] == METHOD
-    assert set(fusion["ndcg"]) == {"sentence", "keywords"} == set(fusion["dense_top"])
+    assert set(fusion["ndcg"]) == {"sentence", "keywords"} == set(fusion["dense_top"]) == set(fusion["dense_top_spread"])
+    assert fusion["dense_weight_max"] >= fusion["dense_weight"]
     assert all(set(found) == {"bm25", "dense", "hybrid", "default"} for found in fusion["ndcg"].values())
     again = run_mighty(home.root, "index", "calibrate", "pseudo", "--json")
     assert again.returncode == 0, again.stderr

@@ -151,6 +151,9 @@ def calibrate(ctx: typer.Context, collection: str = typer.Argument(...),
         return
     keywords = fusion.get("keyword_weight")
     keyword_text = "" if keywords is None else f" ({keywords} for queries matched like keyword bags)"
+    highest = fusion.get("dense_weight_max")
+    if highest is not None and highest > fusion["dense_weight"]:
+        keyword_text += f", up to {highest} for queries matched more closely than typical sentences"
     out.print(f"{collection}: {fusion['source']} fusion, dense weight {fusion['dense_weight']}{keyword_text}, "
               f"{fusion['normalisation']} normalisation, adaptive {fusion['adaptive']}")
 
