@@ -159,29 +159,13 @@ def _kth_score(candidates, scores, k):
     return best[best.shape[0] - 1]
 
 
-@numba.njit(cache=True, nogil=True)
 def exhaustive_top_k(indptr, indices, tf, doc_len, mask, term_ids, weights, k1, b, avgdl, k):
-    """Every posting of every term scored: the reference the pruned search must equal."""
-    n_rows = doc_len.shape[0]
-    scores = np.zeros(n_rows, dtype=np.float64)
-    seen = np.zeros(n_rows, dtype=np.uint8)
-    touched = np.empty(n_rows, dtype=np.int64)
-    n_touched = 0
-    use_mask = mask.shape[0] > 0
-    for q in range(term_ids.shape[0]):
-        tid = term_ids[q]
-        w = weights[q]
-        for p in range(indptr[tid], indptr[tid + 1]):
-            row = indices[p]
-            if use_mask and mask[row] == 0:
-                continue
-            f = tf[p]
-            scores[row] += w * f * (k1 + 1.0) / (f + k1 * (1.0 - b + b * doc_len[row] / avgdl))
-            if seen[row] == 0:
-                seen[row] = 1
-                touched[n_touched] = row
-                n_touched += 1
-    return _heap_top_k(touched[:n_touched], scores, k)
+    """Every posting of every term scored (infinite bounds never let the pruning start): the
+    reference the pruned search is measured and tested against."""
+    rows = doc_len.shape[0]
+    scores, seen = np.zeros(rows, dtype=np.float64), np.zeros(rows, dtype=np.uint8)
+    return pruned_top_k(indptr, indices, tf, doc_len, mask, term_ids, np.asarray(weights, dtype=np.float64),
+                        np.full(len(term_ids), np.inf), k1, b, avgdl, k, scores, seen, np.empty(rows, dtype=np.int64))
 
 
 @numba.njit(cache=True, nogil=True)
