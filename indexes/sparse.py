@@ -108,10 +108,10 @@ class SparseSegment:
         term_weights = np.asarray(weights, dtype=np.float64)[keep]
         bounds = np.maximum(term_weights, 0.0) * self.saturation_bounds(k1, b, avgdl)[term_ids]
         order = np.argsort(-bounds, kind="stable")
-        scores, seen, touched = scratch(self.rows)
-        return pruned_top_k(self.indptr, self.indices, self.tf, self.doc_len, _EMPTY_MASK if mask is None else mask,
-                            term_ids[order], term_weights[order], bounds[order], float(k1), float(b), float(avgdl),
-                            int(k), scores, seen, touched)
+        with scratch(self.rows) as (scores, seen, touched):
+            return pruned_top_k(self.indptr, self.indices, self.tf, self.doc_len,
+                                _EMPTY_MASK if mask is None else mask, term_ids[order], term_weights[order],
+                                bounds[order], float(k1), float(b), float(avgdl), int(k), scores, seen, touched)
 
     def saturation_bounds(self, k1: float, b: float, avgdl: float) -> np.ndarray:
         """Per term, the best BM25 saturation factor over its postings under these parameters: what

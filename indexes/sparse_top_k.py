@@ -11,31 +11,43 @@ sorted postings, or a walk of the postings, whichever is cheaper), and a chunk i
 as its partial score plus the bounds still to come falls below the k-th best.
 
 The result equals exhaustive scoring (same rows, same scores up to the order of float additions).
-Scratch arrays are per thread and per segment size and are cleaned row by row after each query,
+Scratch arrays come from a small pool per segment size and are cleaned row by row after each query,
 so a query never zeroes (or page-faults in) arrays the size of the segment.
 """
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numba
 import numpy as np
 
-_scratch = threading.local()
+_KEEP_PER_SIZE = 4  # idle scratch sets kept per segment size: about the number of concurrent queries
+_KEEP_SIZES = 16  # segment sizes kept at once (segments come and go with merges)
+_pool: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+_pool_lock = threading.Lock()
 
 
-def scratch(rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """This thread's (scores, seen, touched) arrays for a segment of `rows` chunks, all clean."""
-    buffers = getattr(_scratch, "by_size", None)
-    if buffers is None:
-        buffers = _scratch.by_size = {}
-    found = buffers.get(rows)
+@contextmanager
+def scratch(rows: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Clean (scores, seen, touched) arrays for one query on a segment of `rows` chunks, from a small
+    shared pool: a query takes a set, the kernel leaves it clean, and it goes back for the next one.
+    Why a pool and not one set per thread: a server's thread pool has dozens of threads, and 17 bytes
+    per chunk each (17 MB at 1M chunks) would stay allocated for every thread that ever searched.
+    A query that fails does not return its set (it may not be clean)."""
+    with _pool_lock:
+        free = _pool.get(rows)
+        found = free.pop() if free else None
     if found is None:
-        if len(buffers) > 8:  # segments come and go; keep a few sizes per thread, not every one ever seen
-            buffers.clear()
-        found = buffers[rows] = (np.zeros(rows, dtype=np.float64), np.zeros(rows, dtype=np.uint8),
-                                 np.empty(rows, dtype=np.int64))
-    return found
+        found = (np.zeros(rows, dtype=np.float64), np.zeros(rows, dtype=np.uint8), np.empty(rows, dtype=np.int64))
+    yield found
+    with _pool_lock:
+        if rows not in _pool and len(_pool) >= _KEEP_SIZES:
+            _pool.clear()
+        free = _pool.setdefault(rows, [])
+        if len(free) < _KEEP_PER_SIZE:
+            free.append(found)
 
 
 @numba.njit(cache=True, nogil=True)

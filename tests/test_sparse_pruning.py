@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from indexes.sparse import SparseSegment
-from indexes.sparse_top_k import exhaustive_top_k, scratch
+from indexes.sparse_top_k import exhaustive_top_k, pruned_top_k, scratch
 
 K1, B = 1.2, 0.75
 
@@ -53,8 +53,11 @@ def test_pruned_top_k_equals_exhaustive_scoring(segment, k, masked):
             assert mask[rows].all()
         checked += len(rows) > 0
     assert checked > 100
-    scores, seen, _ = scratch(segment.rows)  # the per-thread scratch is left clean for the next query
-    assert not scores.any() and not seen.any()
+    with scratch(segment.rows) as first:  # sets are reused, so each query must leave its set clean
+        pass
+    with scratch(segment.rows) as again:
+        assert again[0] is first[0]
+        assert not again[0].any() and not again[1].any()
 
 
 def test_bounds_follow_the_collection_statistics(segment):
@@ -62,3 +65,19 @@ def test_bounds_follow_the_collection_statistics(segment):
     high = segment.saturation_bounds(K1, B, 100.0)
     assert (high >= low).all() and (high > low).any()  # a longer average length saturates less
     assert (high <= K1 + 1.0).all()
+
+
+def test_the_kernel_leaves_its_scratch_clean(segment):
+    rng = np.random.default_rng(3)
+    scores, seen = np.zeros(segment.rows), np.zeros(segment.rows, dtype=np.uint8)
+    touched = np.empty(segment.rows, dtype=np.int64)
+    avgdl = float(segment.doc_len.mean())
+    for terms in _queries(rng, 40):
+        ids = np.asarray([segment.term_ids[t] for t in terms if t in segment.term_ids], dtype=np.int64)
+        weights = rng.uniform(0.2, 5.0, len(ids))
+        bounds = weights * segment.saturation_bounds(K1, B, avgdl)[ids]
+        order = np.argsort(-bounds, kind="stable")
+        rows, _ = pruned_top_k(segment.indptr, segment.indices, segment.tf, segment.doc_len, np.zeros(0, np.uint8),
+                               ids[order], weights[order], bounds[order], K1, B, avgdl, 5, scores, seen, touched)
+        assert len(rows) > 0 or len(ids) == 0
+        assert not scores.any() and not seen.any()
