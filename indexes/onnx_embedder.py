@@ -181,9 +181,10 @@ class OnnxEmbedder:
         options = ort.SessionOptions()  # graph optimisations default to ORT_ENABLE_ALL
         options.intra_op_num_threads = int(os.environ.get("MIGHTY_EMBED_THREADS") or os.cpu_count() or 1)
         # Idle intra-op threads spin by default, which keeps cores busy after each run: in a service
-        # the query embedding runs next to BM25 and HNSW on the same few cores (hybrid p50 at 1M chunks,
-        # 2 cores, four interleaved pairs: 5.6-6.3 ms spinning, 4.9-5.1 ms not), while batch indexing is as fast either way
-        # (155 passages/s, benchmarks/RESULTS.md). MIGHTY_EMBED_SPIN=1 turns spinning back on.
+        # the query embedding runs next to BM25 and HNSW on the same few cores (hybrid p50 at 1M
+        # chunks, 2 cores, four interleaved pairs: 5.6-6.3 ms spinning, 4.9-5.1 ms not), while batch
+        # indexing is as fast either way (155 passages/s, benchmarks/RESULTS.md).
+        # MIGHTY_EMBED_SPIN=1 turns spinning back on.
         if os.environ.get("MIGHTY_EMBED_SPIN") != "1":
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # InferenceSession.run is thread-safe, so concurrent encode() calls need no lock.
