@@ -51,6 +51,13 @@ def scratch(rows: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
 
 
 @numba.njit(cache=True, nogil=True)
+def _saturation(f, dl, k1, b, avgdl):
+    """BM25's term-frequency factor f (k1 + 1) / (f + k1 (1 - b + b dl / avgdl)): the one formula
+    every kernel here scores with (times the term's query weight)."""
+    return f * (k1 + 1.0) / (f + k1 * (1.0 - b + b * dl / avgdl))
+
+
+@numba.njit(cache=True, nogil=True)
 def term_bounds(indptr, indices, tf, doc_len, k1, b, avgdl):
     """Per term, the largest BM25 saturation factor f (k1 + 1) / (f + norm(dl)) over its postings
     (multiply by the query weight for the term's upper bound)."""
@@ -59,8 +66,7 @@ def term_bounds(indptr, indices, tf, doc_len, k1, b, avgdl):
     for t in range(n_terms):
         best = 0.0
         for p in range(indptr[t], indptr[t + 1]):
-            f = tf[p]
-            value = f * (k1 + 1.0) / (f + k1 * (1.0 - b + b * doc_len[indices[p]] / avgdl))
+            value = _saturation(tf[p], doc_len[indices[p]], k1, b, avgdl)
             if value > best:
                 best = value
         out[t] = best
@@ -90,7 +96,7 @@ def pruned_top_k(indptr, indices, tf, doc_len, mask, term_ids, weights, bounds, 
             if use_mask and mask[row] == 0:
                 continue
             f = tf[p]
-            scores[row] += w * f * (k1 + 1.0) / (f + k1 * (1.0 - b + b * doc_len[row] / avgdl))
+            scores[row] += w * _saturation(f, doc_len[row], k1, b, avgdl)
             if seen[row] == 0:
                 seen[row] = 1
                 touched[n_touched] = row
@@ -151,7 +157,7 @@ def _add_term(indptr, indices, tf, doc_len, tid, w, k1, b, avgdl, rows, scores):
                 i += 1
             else:
                 f = tf[p]
-                scores[row] += w * f * (k1 + 1.0) / (f + k1 * (1.0 - b + b * doc_len[row] / avgdl))
+                scores[row] += w * _saturation(f, doc_len[row], k1, b, avgdl)
                 i += 1
                 p += 1
         return
@@ -161,7 +167,7 @@ def _add_term(indptr, indices, tf, doc_len, tid, w, k1, b, avgdl, rows, scores):
         p = low + np.searchsorted(indices[low:end], row)
         if p < end and indices[p] == row:
             f = tf[p]
-            scores[row] += w * f * (k1 + 1.0) / (f + k1 * (1.0 - b + b * doc_len[row] / avgdl))
+            scores[row] += w * _saturation(f, doc_len[row], k1, b, avgdl)
         low = p  # rows are sorted: later rows sit at or after this position
 
 
