@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from indexes.config import BM25Config
-from indexes.sparse_top_k import pruned_top_k, scratch, term_bounds
+from indexes.sparse_top_k import pruned_top_k, score_sorted_rows, scratch, term_bounds
 
 _EMPTY_MASK = np.zeros(0, dtype=np.uint8)
 
@@ -126,23 +126,20 @@ class SparseSegment:
 
     def score_rows(self, terms: list[str], weights: np.ndarray, rows: np.ndarray, k1: float, b: float,
                    avgdl: float) -> np.ndarray:
-        """Exact BM25 of chosen rows (e.g. candidates another retriever found): one binary search
-        per term and row in the sorted postings, so no forward index is needed."""
-        scores = np.zeros(len(rows), dtype=np.float64)
-        if not len(rows):
-            return scores
-        norm = k1 * (1.0 - b + b * self.doc_len[rows] / avgdl)
-        for term, weight in zip(terms, weights):
-            tid = self.term_ids.get(term)
-            if tid is None:
-                continue
-            start, end = self.indptr[tid], self.indptr[tid + 1]
-            postings = self.indices[start:end]
-            where = np.searchsorted(postings, rows)
-            hit = (where < len(postings)) & (postings[np.minimum(where, len(postings) - 1)] == rows)
-            f = np.where(hit, self.tf[start:end][np.minimum(where, len(postings) - 1)], 0.0)
-            scores += weight * f * (k1 + 1.0) / (f + norm)
-        return scores
+        """Exact BM25 of chosen rows (e.g. candidates another retriever found): a merge walk or one
+        binary search per row in each term's sorted postings, so no forward index is needed."""
+        ids = [self.term_ids.get(t, -1) for t in terms]
+        keep = [i for i, tid in enumerate(ids) if tid >= 0]
+        rows = np.asarray(rows, dtype=np.int64)
+        if not keep or not len(rows):
+            return np.zeros(len(rows), dtype=np.float64)
+        distinct, inverse = np.unique(rows, return_inverse=True)
+        with scratch(self.rows) as (scores, _, _):
+            found = score_sorted_rows(self.indptr, self.indices, self.tf, self.doc_len,
+                                      np.asarray([ids[i] for i in keep], dtype=np.int64),
+                                      np.asarray(weights, dtype=np.float64)[keep], float(k1), float(b),
+                                      float(avgdl), distinct, scores)
+        return found[inverse]
 
 
 def bm25_of_terms(document_terms: list[str], terms: list[str], weights: np.ndarray, k1: float, b: float,

@@ -172,6 +172,20 @@ def _add_term(indptr, indices, tf, doc_len, tid, w, k1, b, avgdl, rows, scores):
 
 
 @numba.njit(cache=True, nogil=True)
+def score_sorted_rows(indptr, indices, tf, doc_len, term_ids, weights, k1, b, avgdl, rows, scores):
+    """Exact BM25 of distinct, sorted `rows` (candidates another retriever found) by the same term
+    walk as the pruned search's second phase; `scores` is clean scratch of the segment's size and
+    is left clean."""
+    for j in range(term_ids.shape[0]):
+        _add_term(indptr, indices, tf, doc_len, term_ids[j], weights[j], k1, b, avgdl, rows, scores)
+    out = np.empty(rows.shape[0], dtype=np.float64)
+    for i in range(rows.shape[0]):
+        out[i] = scores[rows[i]]
+        scores[rows[i]] = 0.0
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
 def _kth_score(candidates, scores, k):
     _, best = _heap_top_k(candidates, scores, k)
     return best[best.shape[0] - 1]
