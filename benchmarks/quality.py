@@ -76,6 +76,8 @@ def _summary(name: str, found: dict[str, dict], fusion: dict) -> dict:
     keywords = f" (keyword bags {fusion['keyword_weight']})" if fusion.get("keyword_weight") is not None else ""
     if fusion.get("dense_weight_max") is not None and fusion["dense_weight_max"] > fusion["dense_weight"]:
         keywords += f" (closely matched up to {fusion['dense_weight_max']})"
+    if fusion.get("dominated_top") is not None:
+        keywords += f" (dense wins nothing: only beyond {fusion['dominated_top']:.3f})"
     text = (f"{fusion['source']}: dense {fusion['dense_weight']}{keywords}, {fusion['normalisation']}, "
             f"adaptive {fusion['adaptive']}")
     return {"set": name, "queries": found["bm25"]["queries"], "lb": lb, "std": std, "margin": margin,

@@ -44,6 +44,21 @@ Method:
    bags is more than two standard errors below half of BM25's (pg-essays 0.26-0.30 of BM25, Arabic
    under MiniLM 0.18-0.24; MS MARCO 0.46-0.61, docs 0.50-0.60): there a closely matched query is
    not evidence that dense is right (on pg-essays' own natural questions it costs up to 0.02).
+7. An embedder that wins nothing the calibration measured weighs in only beyond every keyword bag.
+   When it is dominated on known items (the guard of step 6) and no better than BM25 on the
+   sentence pseudo-queries either, the ramp of step 5 is not used: a query gets the keyword weight
+   unless its best dense score is above the highest any keyword bag reached (`dominated_top`), and
+   the sentence weight above it. The ramp assumes a query matched a little better than a typical
+   keyword bag is partly sentence-like; where the embedder cannot tell the chunks apart by their
+   salient words, half of all keyword-like queries sit above the keyword mean by chance, and each
+   bit of dense weight they get costs (pg-essays known items: -0.015 with the ramp, 0.000 without).
+   Requiring the sentence loss too keeps the step away from corpora where dense is weak only on
+   rare words (entity abstracts full of names) but strong on descriptions, where real queries
+   favour it. The guard's share: dense's keyword-bag nDCG@10 over BM25's falls in two clusters
+   over seeds 0-4, 0.18-0.30 (the essays, Arabic under MiniLM: an embedder that cannot read the
+   text apart) and 0.46-0.96 (MS MARCO, the docs, e5-small); dominated means significantly (two
+   paired standard errors) below 0.4, between them (z -3.5 to -9 for the first cluster, +1.9
+   and above for the second).
 Why not choose one setting for both styles, e.g. the one with the least worst-case regret against
 the better single retriever per style: keyword bags favour BM25 on every corpus measured (the
 words are in the source by construction; dense's nDCG@10 on them is 2-4 times lower), so that setting is
@@ -76,9 +91,10 @@ GRID = tuple(i / 10 for i in range(11))
 NORMALISATIONS = ("minmax", "zscore")
 MIN_CHUNKS = 50  # below this a collection keeps the configured defaults: too few to measure
 MIN_PROBES = 20
-METHOD = "sentence + keyword pseudo-queries, weight by dense match, ties toward dense when matched closely"
+METHOD = ("sentence + keyword pseudo-queries, weight by dense match, ties toward dense when matched closely, "
+          "an embedder that wins nothing only beyond every keyword bag")
 TIE_Z = 2.0  # standard errors within which two settings' pseudo-query nDCG@10 are called tied
-KNOWN_ITEM_SHARE = 0.5  # dense must reach this share of BM25's nDCG@10 on keyword bags to break ties
+KNOWN_ITEM_SHARE = 0.4  # dense must reach this share of BM25's nDCG@10 on keyword bags (steps 6-7)
 
 
 @dataclass(frozen=True)
@@ -97,6 +113,7 @@ class FusionCalibration:
     method: str = METHOD
     dense_weight_max: float | None = None  # the top of the weights tied with dense_weight on sentences
     dense_top_spread: dict[str, float] = field(default_factory=dict)  # style -> std of the best dense scores
+    dominated_top: float | None = None  # an embedder that wins nothing: the best keyword bag's dense score (step 7)
 
     def weight(self, top: float) -> float:
         """The dense weight of a query whose best dense score is `top` (`indexes.fusion.match_weight`,
@@ -118,10 +135,14 @@ def query_weight(settings: dict, top: float | None) -> float:
     """The dense weight a query gets from stored fusion settings (a calibration as `index stats`
     shows it, or the configured ones): interpolated by its best dense score when the calibration
     measured both styles, and moved up the tied range when it is matched more closely than a
-    typical sentence; the single calibrated or configured weight otherwise."""
+    typical sentence; for an embedder that won nothing in calibration, the keyword weight unless
+    matched beyond every keyword bag; the single calibrated or configured weight otherwise."""
     tops = settings.get("dense_top") or {}
     if top is None or settings.get("keyword_weight") is None or "sentence" not in tops:
         return float(settings["dense_weight"])
+    dominated = settings.get("dominated_top")
+    if dominated is not None:  # step 7: no ramp and no tie range for an embedder that wins nothing
+        return float(settings["keyword_weight"] if top <= dominated else settings["dense_weight"])
     weight = match_weight(top, tops.get("keywords"), tops["sentence"], settings["keyword_weight"],
                           settings["dense_weight"])
     spread = (settings.get("dense_top_spread") or {}).get("sentence")
@@ -228,17 +249,23 @@ def _gain(scores: np.ndarray) -> float:
 def choose(evidence: dict[str, Evidence], default_weight: float, adaptive: bool, seed: int) -> FusionCalibration:
     """The sentence style's setting (smoothed best nDCG@10; ties go to the setting closest to the
     configured default), the keyword style's weight under the same normalisation (ties go to the
-    better single retriever on keywords), and each style's mean best dense score."""
+    better single retriever on keywords), each style's mean best dense score, and either the range
+    of weights tied with the sentence weight (step 6) or, for an embedder that wins nothing, the
+    best dense score no keyword bag exceeded (step 7)."""
     curves = {style: e.gains.mean(axis=2) for style, e in evidence.items()}  # [normalisation, weight]
     n, w = _best(curves["sentence"], lambda n, w: abs(GRID[w] - default_weight) + n)
     normalisation, weight, keyword_weight = NORMALISATIONS[n], GRID[w], None
     if "keywords" in curves:
-        keywords = curves["keywords"][n:n + 1]
-        toward = 0.0 if keywords[0, 0] >= keywords[0, -1] else 1.0
-        keyword_weight = GRID[_best(keywords, lambda _, w: abs(GRID[w] - toward))[1]]
-    sentence = evidence["sentence"].gains[n]
-    tied = GRID[_tied_above(sentence, w)] if _competent(evidence.get("keywords"), n) else weight
+        bags = curves["keywords"][n:n + 1]
+        toward = 0.0 if bags[0, 0] >= bags[0, -1] else 1.0
+        keyword_weight = GRID[_best(bags, lambda _, w: abs(GRID[w] - toward))[1]]
+    sentence, keywords = evidence["sentence"].gains[n], evidence.get("keywords")
+    competent = _competent(keywords, n)
+    tied = GRID[_tied_above(sentence, w)] if competent else weight
+    wins_nothing = keywords is not None and not competent and sentence[-1].mean() <= sentence[0].mean()
+    dominated = float(keywords.tops.max()) if wins_nothing else None
     settings = {"dense_weight": weight, "keyword_weight": keyword_weight, "dense_weight_max": tied,
+                "dominated_top": dominated,
                 "dense_top": {style: float(e.tops.mean()) for style, e in evidence.items()},
                 "dense_top_spread": {style: float(e.tops.std()) for style, e in evidence.items()}}
     ndcg = {}
@@ -252,7 +279,8 @@ def choose(evidence: dict[str, Evidence], default_weight: float, adaptive: bool,
                              keyword_weight, {s: round(v, 4) for s, v in settings["dense_top"].items()},
                              {s: {k: round(float(v), 4) for k, v in d.items()} for s, d in ndcg.items()},
                              {s: [round(float(v), 4) for v in c[n]] for s, c in curves.items()}, METHOD, tied,
-                             {s: round(v, 4) for s, v in settings["dense_top_spread"].items()})
+                             {s: round(v, 4) for s, v in settings["dense_top_spread"].items()},
+                             dominated)
 
 
 def _tied_above(gains: np.ndarray, chosen: int) -> int:

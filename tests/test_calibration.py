@@ -68,6 +68,7 @@ def test_useless_dense_retriever_gets_no_weight_and_hybrid_matches_bm25(unknown_
         assert fusion["ndcg"][style]["dense"] < 0.5 * fusion["ndcg"][style]["bm25"]
     assert fusion["dense_weight"] == 0.0 and fusion["keyword_weight"] == 0.0
     assert fusion["dense_weight_max"] == 0.0  # dominated on known items: no tie is broken toward dense
+    assert fusion["dominated_top"] is not None  # ... and no ramp toward the sentence weight
     retriever = Retriever(collection)
     same_top, scores = 0, {"bm25": [], "hybrid": [], "dense": []}
     for doc_id, query in queries.items():

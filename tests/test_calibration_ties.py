@@ -1,6 +1,7 @@
 """Ties toward dense for well-matched queries: among the weights the sentence pseudo-queries cannot
 tell apart (within two paired standard errors), a query matched better than the typical sentence
-moves toward the most dense one, unless the embedder is dominated on known items."""
+moves toward the most dense one, unless the embedder is dominated on known items; then a query
+gets dense weight only when matched beyond every keyword bag."""
 from __future__ import annotations
 
 import numpy as np
@@ -27,8 +28,9 @@ def test_query_weight_breaks_ties_only_for_queries_matched_better_than_sentences
     assert query_weight(styled, 0.65) == pytest.approx(0.7) and query_weight(styled, 0.95) == pytest.approx(0.9)
     older = {k: v for k, v in styled.items() if k not in ("dense_weight_max", "dense_top_spread")}
     assert query_weight(older, 0.95) == 0.5  # a manifest written before ties were measured reads as before
-    assert FusionCalibration.from_dict({"dense_weight": 0.5, "normalisation": "zscore", "adaptive": True,
-                                        "probes": {}, "seed": 0}).dense_weight_max is None
+    old = FusionCalibration.from_dict({"dense_weight": 0.5, "normalisation": "zscore", "adaptive": True,
+                                       "probes": {}, "seed": 0})
+    assert old.dense_weight_max is None and old.dominated_top is None
 
 
 def _pools(count: int, rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
@@ -79,3 +81,38 @@ def test_an_embedder_dominated_on_known_items_gets_no_tied_range():
     chosen = choose(_evidence(_flat_sentences(200, rng), _keyword_bags(200, 0.25, rng), rng), 0.6, True, 0)
     assert chosen.dense_weight == 0.6 and chosen.dense_weight_max == 0.6
     assert chosen.weight(0.99) == 0.6  # a closely matched query is not evidence that dense is right here
+
+
+def _mixing_sentences(queries: int, rng: np.random.Generator) -> np.ndarray:
+    """Per-query nDCG that peaks at a mix and is lowest for dense alone: dense wins no sentence style."""
+    base = rng.uniform(0.0, 1.0, queries)
+    return np.stack([base * (1.0 - abs(w - 0.4)) * (0.6 if w == 1.0 else 1.0) for w in GRID])
+
+
+def test_an_embedder_that_wins_nothing_weighs_in_only_beyond_every_keyword_bag():
+    rng = np.random.default_rng(7)
+    evidence = _evidence(_mixing_sentences(200, rng), _keyword_bags(200, 0.25, rng), rng)
+    chosen = choose(evidence, 0.6, True, 0)
+    highest = float(evidence["keywords"].tops.max())
+    assert chosen.dominated_top == highest
+    assert chosen.keyword_weight == 0.0 and chosen.dense_weight == 0.4
+    # no ramp: a query matched better than the typical keyword bag, but no better than the best one,
+    # is still treated as one (the ramp would give it part of the sentence weight)
+    between = (chosen.dense_top["keywords"] + highest) / 2
+    assert chosen.weight(between) == 0.0 and chosen.weight(highest) == 0.0
+    assert chosen.weight(highest + 1e-6) == 0.4 and chosen.weight(0.99) == 0.4
+    assert query_weight(chosen.to_dict() | {"dominated_top": None}, between) > 0.0  # the ramp it replaces
+
+
+def test_an_embedder_weak_on_known_items_but_winning_sentences_keeps_the_ramp():
+    rng = np.random.default_rng(9)  # e.g. entity abstracts: rare names defeat it, descriptions do not
+    chosen = choose(_evidence(_flat_sentences(200, rng), _keyword_bags(200, 0.25, rng), rng), 0.6, True, 0)
+    assert chosen.dominated_top is None and chosen.dense_weight_max == 0.6  # no tie range, but the ramp
+    assert 0.0 < chosen.weight((chosen.dense_top["keywords"] + chosen.dense_top["sentence"]) / 2) < 0.6
+
+
+def test_an_embedder_with_a_strong_share_of_known_items_keeps_the_ramp_and_the_ties():
+    rng = np.random.default_rng(8)  # dense finds 45% of the keyword bags' sources (MS MARCO: 46-61%)
+    chosen = choose(_evidence(_flat_sentences(200, rng), _keyword_bags(200, 0.45, rng), rng), 0.6, True, 0)
+    assert chosen.dominated_top is None and chosen.dense_weight_max == 0.9
+    assert 0.0 < chosen.weight((chosen.dense_top["keywords"] + chosen.dense_top["sentence"]) / 2) < 0.6

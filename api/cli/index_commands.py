@@ -154,6 +154,9 @@ def calibrate(ctx: typer.Context, collection: str = typer.Argument(...),
     highest = fusion.get("dense_weight_max")
     if highest is not None and highest > fusion["dense_weight"]:
         keyword_text += f", up to {highest} for queries matched more closely than typical sentences"
+    if fusion.get("dominated_top") is not None:
+        keyword_text += (f"; dense won nothing in calibration (known items or sentences), so only queries whose "
+                         f"best dense score exceeds {fusion['dominated_top']:.3f} (every keyword bag's) get it")
     out.print(f"{collection}: {fusion['source']} fusion, dense weight {fusion['dense_weight']}{keyword_text}, "
               f"{fusion['normalisation']} normalisation, adaptive {fusion['adaptive']}")
 
