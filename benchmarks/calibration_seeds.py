@@ -10,7 +10,9 @@ again with `fusion.calibration_seed` set to it (what `mighty index calibrate` do
 re-embedded) and the default hybrid is scored through `rag.evaluation`. BM25 and dense do not depend
 on the calibration and are scored once. Prints one line per set and seed (both nDCG@10 variants,
 hybrid's margin over the better single retriever, the calibrated settings and the probes per style),
-then one JSON line. The index is left calibrated with the last seed.
+then one JSON line. The index is left calibrated with the last seed. --samples above a collection's
+chunk count adds nothing with the pseudo-query sampler as it is (one pseudo-query per chunk); see
+benchmarks/RESULTS.md, "More pseudo-queries per chunk on small collections", for when it did.
 """
 from __future__ import annotations
 

@@ -19,7 +19,6 @@ Styles (each from the same seeded sample of chunks):
 from __future__ import annotations
 
 import re
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,9 +61,7 @@ def pseudo_queries(snapshot: Snapshot, analyzer: Analyzer, bm25: BM25Config, see
                    wanted: int) -> dict[str, list[PseudoQuery]]:
     """Up to `wanted` pseudo-queries per style from one seeded sample of chunks. The sentence style
     uses the generator seeded with `seed` exactly as before styles existed (the same chunks and
-    sentences), the other styles generators of their own, so adding a style changes no other.
-    A collection with fewer live chunks than `wanted` then gets more from the same chunks
-    (`_more_from_the_same_chunks`), so it is calibrated on as many probes as a large one."""
+    sentences), the other styles generators of their own, so adding a style changes no other."""
     rng = np.random.default_rng(seed)
     found: dict[str, list[PseudoQuery]] = {"sentence": []}
     picked: list[_Picked] = []
@@ -75,51 +72,10 @@ def pseudo_queries(snapshot: Snapshot, analyzer: Analyzer, bm25: BM25Config, see
             picked.append(chunk)
             if len(picked) == wanted:
                 break
-    if len(picked) < wanted and _live_chunks(snapshot) < wanted:
-        more, again = _more_from_the_same_chunks(picked, found["sentence"], analyzer, rng, wanted - len(picked))
-        found["sentence"] += more
-        picked += again
     bags = np.random.default_rng([seed, 1])
     found["keywords"] = [q for chunk in picked
                          for q in [_keyword_bag(chunk, snapshot, analyzer, bm25, bags)] if q is not None]
     return found
-
-
-def _more_from_the_same_chunks(picked: list[_Picked], first: list[PseudoQuery], analyzer: Analyzer,
-                               rng: np.random.Generator, missing: int) -> tuple[list[PseudoQuery], list[_Picked]]:
-    """Up to `missing` further sentence pseudo-queries from chunks that already gave one, each
-    asking a sentence of its chunk not asked before, in passes over the chunks (a new seeded order
-    each pass) until enough are found or no chunk has an unasked sentence left; and the chunk of
-    each (its keyword bag is drawn independently of the first one's).
-    Why: a small collection (the shipped docs: 162 chunks; the Arabic set: 62) was calibrated on
-    one probe per chunk, and its choices (normalisation, weight, tied range) flipped with the seed
-    or with an embedder within 0.35% of another. Only reached when the collection has fewer live
-    chunks than `wanted`, and after the first pass, so a larger collection's pseudo-queries stay
-    exactly as they were."""
-    asked = {(q.segment, q.row): {q.query} for q in first}
-    more: list[PseudoQuery] = []
-    again: list[_Picked] = []
-    pool = list(picked)
-    while pool and len(more) < missing:
-        still = []
-        for index in rng.permutation(len(pool)):
-            chunk = pool[int(index)]
-            cloze = _sentence_cloze(chunk, analyzer, rng, asked[chunk.segment, chunk.row])
-            if cloze is None:
-                continue
-            asked[chunk.segment, chunk.row].add(cloze.query)
-            more.append(cloze)
-            again.append(chunk)
-            still.append(chunk)
-            if len(more) == missing:
-                break
-        pool = still
-    return more, again
-
-
-def _live_chunks(snapshot: Snapshot) -> int:
-    return sum(segment.rows if live is None else int(np.count_nonzero(live))
-               for segment, live in zip(snapshot.segments, snapshot.live))
 
 
 def _sample(snapshot: Snapshot, rng: np.random.Generator, wanted: int):
@@ -135,13 +91,11 @@ def _sample(snapshot: Snapshot, rng: np.random.Generator, wanted: int):
             yield _Picked(chunk.doc_id, pick.segment, pick.row, chunk.title, chunk.text)
 
 
-def _sentence_cloze(chunk: _Picked, analyzer: Analyzer, rng: np.random.Generator,
-                    asked: AbstractSet[str] = frozenset()) -> PseudoQuery | None:
-    """A sentence of the chunk (none in `asked`) as the query, the chunk without it as the source."""
+def _sentence_cloze(chunk: _Picked, analyzer: Analyzer, rng: np.random.Generator) -> PseudoQuery | None:
     sentences = [m.group().strip() for m in _SENTENCE.finditer(chunk.text) if m.group().strip()]
     if len(sentences) < 2:
         return None
-    eligible = [i for i, s in enumerate(sentences) if len(analyzer.terms(s)) >= _MIN_TERMS and s not in asked]
+    eligible = [i for i, s in enumerate(sentences) if len(analyzer.terms(s)) >= _MIN_TERMS]
     if not eligible:
         return None
     chosen = eligible[int(rng.integers(len(eligible)))]

@@ -13,7 +13,7 @@ import pytest
 from indexes.calibration import query_weight
 from indexes.collection import Home
 from indexes.fusion import match_weight
-from indexes.pseudo_queries import _SENTENCE, _keyword_bag, _sample, _sentence_cloze, pseudo_queries
+from indexes.pseudo_queries import _SENTENCE, pseudo_queries
 from indexes.snapshot import ScoredRow
 from rag.metrics import ndcg_at_k
 from rag.retriever import Retriever
@@ -68,39 +68,6 @@ def test_keyword_pseudo_queries_are_salient_words_of_their_chunk(demo):
         own = _sentences(text)
         assert any(query.masked == " ".join(own[j] if k == i else s for k, s in enumerate(own))
                    for i in range(len(own)) if own[i] == query.query for j in range(len(own)) if j != i)
-
-
-def test_a_small_collection_is_asked_more_than_once_per_chunk_and_a_large_one_as_before(demo):
-    """Fewer live chunks than wanted (the demo docs: about 160): more sentences of the same chunks,
-    never one asked twice, appended after the first pass, which stays as it was. Wanted no more
-    than the chunks: exactly one pass, one pseudo-query per chunk, as a large collection gets."""
-    snapshot, analyzer, bm25 = demo.snapshot(), demo.analyzer, demo.config.bm25
-    chunks = snapshot.manifest.chunks
-    assert 100 < chunks < 200
-    small = pseudo_queries(snapshot, analyzer, bm25, seed=2, wanted=200)
-    one_pass = pseudo_queries(snapshot, analyzer, bm25, seed=2, wanted=chunks)
-    assert len(small["sentence"]) == len(small["keywords"]) == 200
-    assert len(one_pass["sentence"]) <= chunks  # one each at most: nothing repeated when wanted <= chunks
-    for style in ("sentence", "keywords"):
-        assert small[style][:len(one_pass[style])] == one_pass[style]
-    asked = Counter((q.segment, q.row, q.query) for q in small["sentence"])
-    assert max(asked.values()) == 1  # a chunk asked again is asked another of its sentences
-    per_chunk = Counter((q.segment, q.row) for q in small["sentence"])
-    assert max(per_chunk.values()) == 2 and len(per_chunk) == len(one_pass["sentence"])  # spread over all
-    again = Counter((q.segment, q.row) for q in small["keywords"][len(one_pass["keywords"]):])
-    assert sum(again.values()) == 200 - len(one_pass["keywords"]) and max(again.values()) == 1
-    large = pseudo_queries(snapshot, analyzer, bm25, seed=2, wanted=60)
-    rng, picked, sentences = np.random.default_rng(2), [], []  # the single pass, written out
-    for chunk in _sample(snapshot, rng, 60):
-        cloze = _sentence_cloze(chunk, analyzer, rng)
-        if cloze is not None:
-            sentences.append(cloze)
-            picked.append(chunk)
-            if len(picked) == 60:
-                break
-    bags = np.random.default_rng([2, 1])
-    keywords = [q for chunk in picked for q in [_keyword_bag(chunk, snapshot, analyzer, bm25, bags)] if q is not None]
-    assert large == {"sentence": sentences, "keywords": keywords}
 
 
 def _sentences(text: str) -> list[str]:
