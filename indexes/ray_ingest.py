@@ -85,6 +85,7 @@ class RayEmbeddingWriter:
     def upsert(self, document: SourceDocument, vectors: np.ndarray | None = None) -> str:
         if vectors is not None or self.writer.unchanged(document):
             return self.writer.upsert(document, vectors)
+        self.writer.check_embedder()  # the actors embed with the collection's current embedder
         self._queued.append(document)
         if len(self._queued) >= BATCH_DOCUMENTS:
             self._embed_queued()
