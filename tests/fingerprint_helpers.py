@@ -30,6 +30,20 @@ DOCUMENTS = [SourceDocument(f"d{i}", text, title=f"Doc {i}") for i, text in enum
 ])]
 
 
+def generated_documents(count: int, seed: int = 0) -> list[SourceDocument]:
+    """`count` sentence-like documents over a small vocabulary: enough chunks (and sentences) for
+    commit-time fusion calibration (`indexes.calibration.MIN_CHUNKS`) to measure."""
+    words = ("index segment vector query shard token merge commit lock fusion weight recall cosine "
+             "model recipe export quantise embed chunk title filter score rank crash rename folder "
+             "writer reader snapshot manifest generation garbage calibrate sample seed agree measure").split()
+    rng = np.random.default_rng(seed)
+
+    def sentence() -> str:
+        return " ".join(rng.choice(words, size=int(rng.integers(8, 14)))).capitalize() + "."
+
+    return [SourceDocument(f"g{i}", " ".join(sentence() for _ in range(3))) for i in range(count)]
+
+
 class FakeEmbedder:
     """`salt` picks the term vectors (another salt: an unrelated model); `noise` perturbs every vector a
     little (a re-quantised copy of the same model); `fingerprint` is what it claims to be."""
@@ -71,7 +85,7 @@ def indexed_home(root, monkeypatch, embedder: FakeEmbedder, shards: int = 1, cal
                  documents: list[SourceDocument] = DOCUMENTS, max_segments: int = 8):
     """A home with one collection "c" of `documents`, embedded by `embedder`; returns the root."""
     use_embedder(monkeypatch, embedder)
-    config = CollectionConfig(name="c", shards=shards, fusion=FusionConfig(calibrate=calibrate, calibration_samples=10),
+    config = CollectionConfig(name="c", shards=shards, fusion=FusionConfig(calibrate=calibrate, calibration_samples=60),
                               max_segments=max_segments)
     collection = Home(root).create(config)
     with collection.writer() as writer:

@@ -140,7 +140,9 @@ def stats(ctx: typer.Context, collection: str = typer.Argument(...), as_json: bo
         return
     table = Table("field", "value")
     for key, value in row.items():
-        table.add_row(key, str(value))
+        if key == "embedder_fingerprints":
+            value = "; ".join(f"{share['fingerprint']} ({share['chunks']} chunks)" for share in value) or "none yet"
+        table.add_row(key, escape(str(value)))
     out.print(table)
 
 
