@@ -97,7 +97,7 @@ class CollectionWriter:
         self._changed_rows = 0  # chunks written or tombstoned since the last commit (recalibration)
         self._calibration = self._base.manifest.fusion  # the stored calibration the next commit may keep
         self._force_calibration = False
-        self._embedder_checked = False
+        self._embedders_checked: set[str | None] = set()  # None: the collection's own embedder
         self.report = WriteReport()
 
     # -- document operations ---------------------------------------------------------------
@@ -126,8 +126,8 @@ class CollectionWriter:
                 pending is None and stored is not None and stored[1].hash == content_hash):
             self.report.unchanged += 1
             return "unchanged"
-        if vectors is None:
-            self.check_embedder()
+        if vectors is None or fingerprint is not None:
+            self.check_embedder(fingerprint)
         chunks = self._collection.chunker.split(document)
         weight = self._collection.config.bm25.title_weight
         analyzer = self._collection.analyzer.for_document(f"{document.title}\n{document.text}")
@@ -148,17 +148,18 @@ class CollectionWriter:
             self.flush()
         return outcome
 
-    def check_embedder(self) -> None:
-        """Refuse (`EmbedderChanged`) to embed into a collection whose live vectors another embedder made;
-        checked once per writer, on the first document it embeds."""
-        if self._embedder_checked:
+    def check_embedder(self, fingerprint: str | None = None) -> None:
+        """Refuse (`EmbedderChanged`) vectors from an embedder (`fingerprint`; default the collection's own,
+        loaded for it) other than the one the live vectors came from; checked once per writer and embedder."""
+        if fingerprint in self._embedders_checked:
             return
         stored = self._base.manifest.embedder_shares()
         if any(share.fingerprint for share in stored):
-            conflict = ingest_conflict(self._collection.name, stored, embedder_fingerprint(self._collection.embedder))
+            current = fingerprint or embedder_fingerprint(self._collection.embedder)
+            conflict = ingest_conflict(self._collection.name, stored, current)
             if conflict is not None:
                 raise conflict
-        self._embedder_checked = True
+        self._embedders_checked.add(fingerprint)
 
     def delete(self, doc_id: str) -> bool:
         found = False

@@ -54,6 +54,19 @@ def test_ingest_refuses_vectors_from_another_embedder_and_names_the_fix(old_home
         writer.commit()
 
 
+def test_supplied_vectors_are_checked_by_the_fingerprint_that_comes_with_them(old_home, monkeypatch):
+    # what Ray ingest does: actors embed, the writer stores their vectors with the actors' fingerprint
+    collection = Home(old_home).open("c")
+    document = SourceDocument("new", "a brand new document about locks")
+    vectors = FakeEmbedder(NEW, salt="b").encode([c.text for c in collection.chunker.split(document)])
+    with collection.writer() as writer, pytest.raises(EmbedderChanged):
+        writer.upsert(document, vectors, fingerprint=NEW)
+    with collection.writer() as writer:
+        writer.upsert(document, vectors, fingerprint=OLD)
+        manifest = writer.commit()
+    assert manifest.embedders == [EmbedderShare(OLD, manifest.chunks)]
+
+
 def test_a_changed_but_agreeing_embedder_serves_and_is_measured_once(old_home, monkeypatch):
     requantised = FakeEmbedder(NEW, noise=0.02)  # the same term vectors, perturbed (cos ~0.99)
     use_embedder(monkeypatch, requantised)
