@@ -198,3 +198,24 @@ def test_embedder_names_are_still_checked(tmp_path):
 
     with pytest.raises(EmbedderNotAllowed, match="not allowed"):
         Home(tmp_path).create(CollectionConfig(name="c", embedder=EmbedderConfig(model="/etc/passwd")))
+
+
+def test_real_recipe_change_fp32_to_int8_is_measured_compatible(writable_demo_home):
+    """The shipped MiniLM, indexed with the fp32 ONNX export, then queried through its int8 variant
+    (what a new quantisation recipe under the same name amounts to): fingerprints differ, the measured
+    vectors agree, so queries serve and stats say so; ingest still refuses to mix the two."""
+    home = Home(writable_demo_home)
+    stored = home.open("demo").stats()["embedder_fingerprints"]
+    assert len(stored) == 1 and stored[0]["fingerprint"].startswith("onnx|export-opset17|sha256:")
+    config = home.open("demo").config.embedder
+    home.update_config("demo", embedder={**config.model_dump(), "backend": "onnx-int8"})
+    collection = Home(writable_demo_home).open("demo")
+    stats = collection.stats(check_embedder=True)
+    assert stats["embedder_current"].startswith("onnx-int8|int8-v2|sha256:")
+    assert stats["embedder_check"].startswith("embedder changed since indexing (backend onnx -> onnx-int8, recipe "
+                                              "export-opset17 -> int8-v2, weights sha256:")
+    assert "vectors agree (cos 0.99" in stats["embedder_check"]
+    result = Retriever(collection).search(RetrievalRequest(query="How does Mighty survive a crash?", top_k=3))
+    assert result.hits
+    with pytest.raises(EmbedderChanged):
+        collection.check_ingest()
