@@ -219,3 +219,26 @@ def test_real_recipe_change_fp32_to_int8_is_measured_compatible(writable_demo_ho
     assert result.hits
     with pytest.raises(EmbedderChanged):
         collection.check_ingest()
+
+
+@pytest.mark.parametrize("failpoint", ["before-publish:segments", "before-replace:CURRENT"])
+def test_a_killed_reembed_leaves_the_old_generation_serving(writable_demo_home, failpoint):
+    """`mighty index reembed` killed while writing segments, or with everything written but CURRENT not
+    yet replaced: searches still answer from the old generation, and the next run completes."""
+    import signal
+
+    from tests.helpers import run_mighty
+
+    def answers():
+        collection = Home(writable_demo_home).open("demo")
+        hits = Retriever(collection).search(RetrievalRequest(query="How are generations committed?", top_k=5)).hits
+        return collection.snapshot().generation, [(h.id, h.chunk, round(h.score, 6)) for h in hits]
+
+    before = answers()
+    killed = run_mighty(writable_demo_home, "index", "reembed", "demo", env={"MIGHTY_FAILPOINT": failpoint})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert answers() == before
+    done = run_mighty(writable_demo_home, "index", "reembed", "demo")
+    assert done.returncode == 0 and "chunks re-embedded with onnx|" in done.stdout, done.stderr
+    generation, hits = answers()
+    assert generation > before[0] and [h[:2] for h in hits] == [h[:2] for h in before[1]]  # same embedder: same ranking
