@@ -16,6 +16,7 @@ from api.routers import cards, chat, collections, fusion, ops, retrieval
 from api.settings import ServiceSettings
 from api.state import Backend, ServiceState
 from indexes.collection import CollectionBroken
+from indexes.embedder_check import EmbedderChanged, EmbedderIncompatible
 from indexes.embedder_allowlist import EmbedderNotAllowed
 from indexes.names import InvalidCollectionName
 
@@ -56,6 +57,12 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
     async def refused_name(_: Request, exc: ValueError) -> error_handlers.SafeJSONResponse:
         # raised by the indexes layer, wherever a name or embedder arrived from (body, path, card)
         return error_handlers.SafeJSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(EmbedderChanged)
+    @app.exception_handler(EmbedderIncompatible)
+    async def embedder_conflict(_: Request, exc: RuntimeError) -> error_handlers.SafeJSONResponse:
+        # stored vectors and the current embedder disagree: the detail names the fix (`index reembed`)
+        return error_handlers.SafeJSONResponse({"detail": str(exc), "reason": "embedder_changed"}, status_code=409)
 
     @app.exception_handler(CollectionBroken)
     async def broken_collection(_: Request, exc: CollectionBroken) -> error_handlers.SafeJSONResponse:

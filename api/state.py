@@ -16,6 +16,7 @@ from api.settings import ServiceSettings
 from experts.fusion.cards import use_registry
 from experts.registry import CardRegistry
 from indexes.collection import Collection, CollectionBroken, Home
+from indexes.embedder_check import EmbedderIncompatible
 from indexes.names import InvalidCollectionName
 from rag import cascade_spec
 from rag.pipeline import AnswerPipeline
@@ -134,7 +135,11 @@ class ServiceState:
         for name in self.home.names():
             try:
                 _ = self.collection(name).embedder
-                self.retriever(name).search(RetrievalRequest(query="warm up", top_k=1))
+                try:
+                    self.retriever(name).search(RetrievalRequest(query="warm up", top_k=1))
+                except EmbedderIncompatible as exc:  # BM25 still serves: a warning, not an unhealthy collection
+                    log.warning("%s", exc)
+                    self.retriever(name).search(RetrievalRequest(query="warm up", top_k=1, mode="bm25"))
             except Exception as exc:  # noqa: BLE001 - any failure is this collection's, not the server's
                 known = isinstance(exc, (CollectionBroken, InvalidCollectionName))  # messages without paths
                 self.unhealthy[name] = str(exc) if known else type(exc).__name__

@@ -20,6 +20,8 @@ from indexes.chunking import TokenChunker, load_fast_tokenizer
 from indexes.config import CollectionConfig
 from indexes.durable import atomic_write_text, publish_folder
 from indexes.embedder_allowlist import EmbedderAllowList, EmbedderNotAllowed
+from indexes.embedder_check import AgreementCache, ingest_conflict
+from indexes.embedder_fingerprint import embedder_fingerprint
 from indexes.embedders import Embedder, load_embedder, resolve_model
 from indexes.generations import Manifest, current_generation, list_generations, read_generation
 from indexes.segment import Segment
@@ -51,6 +53,7 @@ class Collection:
         self._snapshot: Snapshot | None = None
         self._segments: dict[str, Segment] = {}
         self._lock = threading.Lock()
+        self._agreement = AgreementCache()
 
     @property
     def name(self) -> str:
@@ -112,8 +115,47 @@ class Collection:
     def writer(self, progress: ProgressSink | None = None, wait: bool = True) -> CollectionWriter:
         return CollectionWriter(self, progress, wait)
 
-    def stats(self) -> dict:
-        """What `mighty index stats` and `GET /v1/collections/{name}` report."""
+    def embedder_fingerprint(self) -> str | None:
+        """The fingerprint of the embedder this collection embeds with now (loads it)."""
+        return embedder_fingerprint(self.embedder)
+
+    def check_ingest(self) -> None:
+        """`EmbedderChanged` when embedding new documents would mix embedders (`indexes.embedder_check`);
+        REST calls it before accepting a job, the writer again on its first embedded document."""
+        shares = self.snapshot().manifest.embedder_shares()
+        if any(share.fingerprint for share in shares):
+            conflict = ingest_conflict(self.name, shares, self.embedder_fingerprint())
+            if conflict is not None:
+                raise conflict
+
+    def require_dense(self, snapshot: Snapshot) -> None:
+        """`EmbedderIncompatible` when this snapshot's stored vectors measurably disagree with the current
+        embedder; measured once per (stored, current) fingerprint pair, then a lookup per query."""
+        self._agreement.require_dense(self.name, snapshot, self.embedder_fingerprint, self._encode_passages,
+                                      self.config.embedder.include_title)
+
+    def _encode_passages(self, texts: list[str]):
+        return self.embedder.encode(texts)  # stored vectors are passages, never queries
+
+    def embedder_report(self, snapshot: Snapshot, measure: bool) -> dict:
+        """Stored fingerprints for stats; with `measure` (or once the embedder is loaded anyway) also
+        the current one and how the stored vectors agree with it."""
+        shares = snapshot.manifest.embedder_shares()
+        report: dict = {"embedder_fingerprints": [{"fingerprint": s.fingerprint or "unknown (written before "
+                                                   "fingerprints, or vectors supplied by the caller)",
+                                                   "chunks": s.chunks} for s in shares]}
+        if not (measure or "embedder" in self.__dict__) or not any(s.fingerprint for s in shares):
+            return report
+        current = self.embedder_fingerprint()
+        verdicts = self._agreement.verdicts(snapshot, current, self._encode_passages, self.config.embedder.include_title)
+        report["embedder_current"] = current
+        report["embedder_check"] = ("; ".join(v.describe(self.name) for v in verdicts) if verdicts
+                                    else "stored vectors come from the current embedder")
+        return report
+
+    def stats(self, check_embedder: bool = False) -> dict:
+        """What `mighty index stats` and `GET /v1/collections/{name}` report (`check_embedder`: load the
+        embedder to compare it with the stored vectors' fingerprints, see `embedder_report`)."""
         snapshot, config = self.snapshot(), self.config
         return {"name": self.name, "owner": config.owner, "documents": snapshot.manifest.documents,
                 "chunks": snapshot.manifest.chunks, "generation": snapshot.generation,
@@ -123,7 +165,7 @@ class Collection:
                 "embedder_backend": config.embedder.backend, "chunk_size": config.chunking.size,
                 "chunk_overlap": config.chunking.overlap, "default_llm": config.default_llm,
                 "analyzer": config.bm25.analyzer, "language": config.bm25.language,
-                "fusion": self.fusion_settings(snapshot)}
+                "fusion": self.fusion_settings(snapshot), **self.embedder_report(snapshot, check_embedder)}
 
     def fusion_settings(self, snapshot: Snapshot) -> dict:
         """The hybrid fusion queries of this snapshot get: calibrated at commit, else configured."""
@@ -198,8 +240,8 @@ class ShardedCollection(Collection):
     def writer(self, progress: ProgressSink | None = None, wait: bool = True) -> ShardedWriter:  # type: ignore[override]
         return ShardedWriter(self, progress, wait)
 
-    def stats(self) -> dict:
-        return {**super().stats(), "shards": len(self.shards)}
+    def stats(self, check_embedder: bool = False) -> dict:
+        return {**super().stats(check_embedder), "shards": len(self.shards)}
 
 
 class Home:

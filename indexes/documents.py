@@ -89,3 +89,9 @@ def format_size(size: int) -> str:
         if size >= scale:
             return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}"
     return f"{size} bytes"
+
+
+def embedding_texts(chunks: list, include_title: bool) -> list[str]:
+    """What the embedder reads for each chunk (its title first, when the collection says so): at
+    ingest, at re-embedding and when stored vectors are checked against the current embedder."""
+    return [f"{c.title}\n{c.text}" if include_title and c.title else c.text for c in chunks]

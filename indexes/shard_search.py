@@ -156,7 +156,7 @@ class ShardedSnapshot:
         self._local = local
         refs = [ref for snapshot in local or [] for ref in snapshot.manifest.segments]
         self.manifest = Manifest(sharded.generation, refs, sharded.documents, sharded.chunks, sharded.created_at,
-                                 sharded.fusion)
+                                 sharded.fusion, list(sharded.embedders))
 
     @property
     def generation(self) -> int:

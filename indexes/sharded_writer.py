@@ -17,6 +17,7 @@ import numpy as np
 from indexes.calibration import calibrate, keep_calibration, stamp
 from indexes.documents import SourceDocument
 from indexes.durable import atomic_write_text, failpoint
+from indexes.embedder_provenance import combine
 from indexes.generations import CURRENT, current_generation, next_generation_number
 from indexes.shards import GlobalStats, ShardedManifest, ShardStats, commit_sharded, shard_of
 from indexes.writer import CollectionWriter, ProgressSink, WriteReport, lock_for_writing
@@ -59,8 +60,11 @@ class ShardedWriter:
     def unchanged(self, document: SourceDocument) -> bool:
         return self._route(document.id).unchanged(document)
 
-    def upsert(self, document: SourceDocument, vectors: np.ndarray | None = None) -> str:
-        return self._route(document.id).upsert(document, vectors)
+    def upsert(self, document: SourceDocument, vectors: np.ndarray | None = None,
+               fingerprint: str | None = None) -> str:
+        if vectors is None:
+            self.check_embedder()  # collection-wide, before any shard embeds
+        return self._route(document.id).upsert(document, vectors, fingerprint)
 
     def delete(self, doc_id: str) -> bool:
         return self._route(doc_id).delete(doc_id)
@@ -86,11 +90,24 @@ class ShardedWriter:
         sharded.segments = [len(s.segments) for s in snapshots]
         sharded.documents = sum(s.manifest.documents for s in snapshots)
         sharded.chunks = sum(s.manifest.chunks for s in snapshots)
+        sharded.embedders = combine(s.manifest.embedder_shares() for s in snapshots)
         sharded.fusion = self._calibrate(sharded, previous.fusion, rows, recalibrate)
         failpoint("before-sharded-commit")
         commit_sharded(collection.folder, sharded, collection.config.keep_generations)
         self._generation = sharded.generation
         return sharded
+
+    def check_embedder(self) -> None:
+        """`EmbedderChanged` when any shard's live vectors came from another embedder."""
+        for writer in self._writers:
+            writer.check_embedder()
+
+    def reembed(self) -> ShardedManifest | None:
+        """Re-embed every shard with the current embedder, then publish them together with fusion measured
+        again (`CollectionWriter.reembed_segments`); None when the collection is empty."""
+        if not sum(writer.reembed_segments() for writer in self._writers):
+            return None
+        return self.commit(recalibrate=True)
 
     def recalibrate(self) -> ShardedManifest | None:
         """Publish the same shards as a new sharded generation with fusion measured again."""

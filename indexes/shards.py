@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexes.generations import commit_generation, current_generation, generation_folder, list_generations
+from indexes.generations import EmbedderShare, commit_generation, current_generation, generation_folder, list_generations
 from indexes.snapshot import Snapshot
 from indexes.sparse import CollectionStats, robertson_mean_idf
 
@@ -92,11 +92,13 @@ class ShardedManifest:
     created_at: float = 0.0
     stats: GlobalStats = field(default_factory=GlobalStats)
     fusion: dict | None = None  # calibrated on the whole sharded collection at commit (indexes.calibration)
+    embedders: list[EmbedderShare] = field(default_factory=list)  # the shards' shares added up (none: unknown)
 
     @classmethod
     def from_json(cls, text: str) -> "ShardedManifest":
         raw = json.loads(text)
         raw["stats"] = GlobalStats(**raw["stats"])
+        raw["embedders"] = [EmbedderShare(**e) for e in raw.get("embedders") or []]
         return cls(**raw)
 
 

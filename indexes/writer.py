@@ -17,8 +17,11 @@ import numpy as np
 
 from indexes.calibration import calibrate, keep_calibration, stamp
 from indexes.chunk_store import DocumentEntry
-from indexes.documents import SourceDocument, non_finite_number
+from indexes.documents import SourceDocument, embedding_texts, non_finite_number  # noqa: F401 (re-exported)
 from indexes.durable import failpoint
+from indexes.embedder_check import ingest_conflict
+from indexes.embedder_fingerprint import embedder_fingerprint
+from indexes.embedder_provenance import EmbedderRun, shares
 from indexes.generations import Manifest, SegmentRef, collect_garbage, commit_generation, next_generation_number
 from indexes.merge import merge_segments
 from indexes.segment import PendingDocument, Segment, write_segment
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
     from indexes.collection import Collection
 
 FLUSH_CHUNKS = 100_000
+_REEMBED_BATCH = 4096  # chunks read and re-embedded at a time
 
 
 class ProgressSink(Protocol):
@@ -57,11 +61,6 @@ class WriteReport:
     not_found: list[str] = field(default_factory=list)
     chunks_written: int = 0
     generation: int | None = None
-
-
-def embedding_texts(chunks: list, include_title: bool) -> list[str]:
-    """What the embedder reads for each chunk (its title first, when the collection says so)."""
-    return [f"{c.title}\n{c.text}" if include_title and c.title else c.text for c in chunks]
 
 
 def lock_for_writing(folder: Path, name: str, wait: bool = True) -> IO[str]:
@@ -98,6 +97,7 @@ class CollectionWriter:
         self._changed_rows = 0  # chunks written or tombstoned since the last commit (recalibration)
         self._calibration = self._base.manifest.fusion  # the stored calibration the next commit may keep
         self._force_calibration = False
+        self._embedders_checked: set[str | None] = set()  # None: the collection's own embedder
         self.report = WriteReport()
 
     # -- document operations ---------------------------------------------------------------
@@ -109,11 +109,14 @@ class CollectionWriter:
             return pending.content_hash == document.content_hash
         return stored is not None and stored[1].hash == document.content_hash
 
-    def upsert(self, document: SourceDocument, vectors: np.ndarray | None = None) -> str:
+    def upsert(self, document: SourceDocument, vectors: np.ndarray | None = None,
+               fingerprint: str | None = None) -> str:
         """Add or replace one document; returns 'added', 'updated' or 'unchanged'.
 
         `vectors` (one unit-length row per chunk) skips embedding, for callers that already have
-        them, such as benchmarks replaying precomputed embeddings."""
+        them, such as benchmarks replaying precomputed embeddings; `fingerprint` says which embedder
+        made them (default: unknown origin, never checked). Embedding here with an embedder other
+        than the one the stored vectors came from raises `EmbedderChanged` (`indexes.embedder_check`)."""
         if problem := non_finite_number(document.metadata):  # readers and REST refuse these earlier
             raise ValueError(f"document {document.id!r}: {problem}")
         content_hash = document.content_hash
@@ -123,6 +126,8 @@ class CollectionWriter:
                 pending is None and stored is not None and stored[1].hash == content_hash):
             self.report.unchanged += 1
             return "unchanged"
+        if vectors is None or fingerprint is not None:
+            self.check_embedder(fingerprint)
         chunks = self._collection.chunker.split(document)
         weight = self._collection.config.bm25.title_weight
         analyzer = self._collection.analyzer.for_document(f"{document.title}\n{document.text}")
@@ -133,7 +138,8 @@ class CollectionWriter:
             del self._pending[document.id]
         if vectors is not None and len(vectors) != len(chunks):
             raise ValueError(f"document {document.id!r} has {len(chunks)} chunks but {len(vectors)} vectors")
-        self._pending[document.id] = PendingDocument(document.id, content_hash, chunks, terms, vectors)
+        self._pending[document.id] = PendingDocument(document.id, content_hash, chunks, terms, vectors,
+                                                     fingerprint if vectors is not None else None)
         self._pending_chunks += len(chunks)
         self._changed = True
         outcome = "updated" if stored is not None or pending is not None else "added"
@@ -141,6 +147,19 @@ class CollectionWriter:
         if self._pending_chunks >= FLUSH_CHUNKS:
             self.flush()
         return outcome
+
+    def check_embedder(self, fingerprint: str | None = None) -> None:
+        """Refuse (`EmbedderChanged`) vectors from an embedder (`fingerprint`; default the collection's own,
+        loaded for it) other than the one the live vectors came from; checked once per writer and embedder."""
+        if fingerprint in self._embedders_checked:
+            return
+        stored = self._base.manifest.embedder_shares()
+        if any(share.fingerprint for share in stored):
+            current = fingerprint or embedder_fingerprint(self._collection.embedder)
+            conflict = ingest_conflict(self._collection.name, stored, current)
+            if conflict is not None:
+                raise conflict
+        self._embedders_checked.add(fingerprint)
 
     def delete(self, doc_id: str) -> bool:
         found = False
@@ -172,13 +191,13 @@ class CollectionWriter:
             if doc.doc_id in self._docs:
                 self._tombstone(doc.doc_id)
         chunks = [c for d in documents for c in d.chunks]
-        vectors = self._vectors(documents, chunks)
+        vectors, runs = self._vectors(documents, chunks)
         failpoint("before-segment")
         self._progress.start("writing segment", None)
         sparse = SparseSegment.build([t for d in documents for t in d.terms])
         segment_id = self._new_segment_id()
         folder = write_segment(self._collection.folder / "segments", segment_id, documents, sparse, vectors,
-                               self._collection.config.dense)
+                               self._collection.config.dense, runs)
         segment = Segment.load(folder)
         self._segments.append(segment)
         self._deleted[segment.id] = set()
@@ -189,12 +208,16 @@ class CollectionWriter:
         self._pending.clear()
         self._pending_chunks = 0
 
-    def _vectors(self, documents: list[PendingDocument], chunks: list) -> np.ndarray:
+    def _vectors(self, documents: list[PendingDocument], chunks: list) -> tuple[np.ndarray, list[EmbedderRun]]:
+        """The rows' vectors, and which embedder made which rows (`indexes.embedder_provenance`)."""
         if all(d.vectors is not None for d in documents):
-            return np.concatenate([d.vectors for d in documents]).astype(np.float32)
+            runs = [EmbedderRun(d.fingerprint, len(d.chunks)) for d in documents]
+            return np.concatenate([d.vectors for d in documents]).astype(np.float32), runs
         texts = embedding_texts(chunks, self._collection.config.embedder.include_title)
         self._progress.start("embedding", len(texts))
-        return self._collection.embedder.encode(texts, progress=self._progress.advance)
+        embedder = self._collection.embedder
+        vectors = embedder.encode(texts, progress=self._progress.advance)
+        return vectors, [EmbedderRun(embedder_fingerprint(embedder), len(texts))]
 
     def commit(self) -> Manifest | None:
         """Publish everything written so far as a new generation; None when nothing changed."""
@@ -209,6 +232,8 @@ class CollectionWriter:
         folder = self._collection.folder
         manifest = Manifest(next_generation_number(folder), refs, documents=len(self._docs),
                             chunks=sum(r.rows - r.deleted for r in refs))
+        live = Snapshot(folder, manifest, segments, deletes).live
+        manifest.embedders = shares([s.embedder_runs for s in segments], live)
         manifest.fusion = self._calibrate(manifest, segments, deletes)
         commit_generation(folder, manifest, deletes)
         self._calibration, self._changed_rows, self._force_calibration = manifest.fusion, 0, False
@@ -232,6 +257,47 @@ class CollectionWriter:
         self._changed = True
         self._force_calibration = True
         return self.commit()
+
+    def reembed(self) -> Manifest | None:
+        """Re-embed every live chunk with the current embedder and publish it as a new generation, with
+        fusion calibrated again (`reembed_segments`); None when the collection is empty."""
+        if not self.reembed_segments():
+            return None
+        self._force_calibration = True
+        return self.commit()
+
+    def reembed_segments(self) -> int:
+        """Replace every segment by a copy whose vectors the current embedder made: chunk tables and BM25
+        postings are copied as they are (`indexes.merge`), deleted rows dropped. Nothing is visible
+        until `commit`; readers keep the old generation meanwhile. Returns the chunks re-embedded."""
+        self.flush()
+        embedder, include_title = self._collection.embedder, self._collection.config.embedder.include_title
+        fingerprint = embedder_fingerprint(embedder)
+        masks = []
+        for segment in self._segments:
+            alive = np.ones(segment.rows, dtype=np.uint8)
+            alive[np.fromiter(self._deleted.get(segment.id, ()), dtype=np.int64)] = 0
+            masks.append(alive)
+        self._progress.start("re-embedding", int(sum(m.sum() for m in masks)))
+        replaced, total = [], 0
+        for segment, alive in zip(self._segments, masks):
+            rows = np.flatnonzero(alive).tolist()
+            if not rows:
+                continue
+            vectors = np.empty((len(rows), embedder.dim), dtype=np.float32)
+            for start in range(0, len(rows), _REEMBED_BATCH):  # bounded memory on large segments
+                part = rows[start:start + _REEMBED_BATCH]
+                found = segment.store.chunks(part)
+                texts = embedding_texts([found[r] for r in part], include_title)
+                vectors[start:start + len(part)] = embedder.encode(texts, progress=self._progress.advance)
+            folder = merge_segments(self._collection.folder / "segments", self._new_segment_id(), [segment], [alive],
+                                    self._collection.config.dense, vectors, [EmbedderRun(fingerprint, len(rows))])
+            replaced.append(self._adopt(Segment.load(folder)))
+            total += len(rows)
+        self._segments = replaced
+        self._changed = True
+        self._changed_rows += total
+        return total
 
     def _calibrate(self, manifest: Manifest, segments: list[Segment], deletes: dict[str, np.ndarray]) -> dict | None:
         """Fusion settings for the generation about to be published (indexes.calibration): the stored
@@ -262,11 +328,14 @@ class CollectionWriter:
             live.append(mask)
         folder = merge_segments(self._collection.folder / "segments", self._new_segment_id(), segments, live,
                                 self._collection.config.dense)
-        merged = Segment.load(folder)
-        self._deleted[merged.id] = set()
-        for entry in merged.documents():
-            self._docs[entry.doc_id] = (merged.id, entry)
-        return merged
+        return self._adopt(Segment.load(folder))
+
+    def _adopt(self, segment: Segment) -> Segment:
+        """Make the documents of a segment that replaces others (merged, re-embedded) point at it."""
+        self._deleted[segment.id] = set()
+        for entry in segment.documents():
+            self._docs[entry.doc_id] = (segment.id, entry)
+        return segment
 
     def _new_segment_id(self) -> str:
         return f"seg-{next_generation_number(self._collection.folder):08d}-{uuid.uuid4().hex[:8]}"

@@ -63,6 +63,8 @@ class Retriever:
         fusion = config.fusion
         candidates = max(request.candidates or fusion.candidates, request.top_k)
         snapshot = self.collection.snapshot()
+        if request.mode in ("dense", "hybrid"):  # stored and query vectors must come from agreeing embedders
+            self.collection.require_dense(snapshot)
         timings: dict[str, float] = {}
         lists: dict[str, list[ScoredRow]] = {}
         terms, term_weights, vector = [], np.zeros(0), None

@@ -66,6 +66,9 @@ def test_ray_ingestion_equals_single_process(ray_local, tmp_path, msmarco_record
         (plain.added, plain.updated, plain.unchanged, plain.chunks_written) == (60, 0, 0, plain.chunks_written)
     assert [str(r) for r in ray_rejected] == [str(r) for r in plain_rejected] and len(plain_rejected) == 1
     assert on_ray.generation == 1
+    # the actors' embedder fingerprint is recorded, the same one a single process records
+    stored = [Home(h).open("kb").snapshot().manifest.embedders for h in (plain_home, ray_home)]
+    assert stored[0] == stored[1] and len(stored[0]) == 1 and stored[0][0].fingerprint.startswith("onnx|")
     for mode in ("bm25", "dense", "hybrid"):
         for want, got in zip(_results(plain_home, "kb", mode), _results(ray_home, "kb", mode)):
             assert [key for key, _ in got] == [key for key, _ in want]

@@ -16,6 +16,7 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 EXIT_REJECTED = 1  # some input was rejected or not found; the rest was processed
+EXIT_EMBEDDER_CHANGED = 3  # stored vectors come from another embedder: `mighty index reembed NAME`
 
 
 def home_from(ctx: typer.Context) -> Home:

@@ -9,11 +9,12 @@ from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
-from api.cli.context import EXIT_REJECTED, RichProgress, err, fail, home_from, out
+from api.cli.context import EXIT_EMBEDDER_CHANGED, EXIT_REJECTED, RichProgress, err, fail, home_from, out
 from api.errors import describe
 from indexes.collection import Collection, CollectionBroken, CollectionNotFound
 from indexes.config import BM25Config, ChunkingConfig, CollectionConfig, EmbedderConfig
 from indexes.embedder_allowlist import EmbedderNotAllowed
+from indexes.embedder_check import EmbedderChanged
 from indexes.names import InvalidCollectionName, check_collection_name
 from indexes.documents import Rejection, Skipped
 from indexes.readers import read_paths
@@ -62,7 +63,11 @@ def add(ctx: typer.Context,
             raise fail(str(exc)) from None
     except (InvalidCollectionName, CollectionBroken) as exc:
         raise fail(str(exc)) from None
-    report, rejections, skipped = ingest(target, paths, "reading and chunking", ray, actors)
+    try:
+        target.check_ingest()  # before reading anything: nothing is added if the embedder changed
+        report, rejections, skipped = ingest(target, paths, "reading and chunking", ray, actors)
+    except EmbedderChanged as exc:
+        raise fail(str(exc), EXIT_EMBEDDER_CHANGED) from None
     out.print(f"{collection}: {report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
               f"{report.chunks_written} chunks written, {len(rejections)} rejected"
               + (f", {len(skipped)} skipped (not documents)" if skipped else "")
@@ -127,15 +132,33 @@ def drop(ctx: typer.Context, collection: str = typer.Argument(..., help="Collect
 
 @app.command()
 def stats(ctx: typer.Context, collection: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
-    """Documents, chunks, generations, segments, size on disk and embedder of a collection."""
-    row = open_collection(ctx, collection).stats()
+    """Documents, chunks, generations, segments, size on disk and embedder of a collection, with the
+    fingerprints of the embedders its vectors came from, checked against the current embedder."""
+    row = open_collection(ctx, collection).stats(check_embedder=True)
     if as_json:
         out.print_json(json.dumps(row))
         return
     table = Table("field", "value")
     for key, value in row.items():
-        table.add_row(key, str(value))
+        if key == "embedder_fingerprints":
+            value = "; ".join(f"{share['fingerprint']} ({share['chunks']} chunks)" for share in value) or "none yet"
+        table.add_row(key, escape(str(value)))
     out.print(table)
+
+
+@app.command()
+def reembed(ctx: typer.Context, collection: str = typer.Argument(...)) -> None:
+    """Re-embed every chunk with the collection's current embedder (after its model or recipe changed):
+    a new generation with the same text and BM25 index, published atomically; searches keep using the
+    old one until then. Fusion is calibrated again."""
+    target = open_collection(ctx, collection)
+    with RichProgress() as progress, target.writer(progress) as writer:
+        manifest = writer.reembed()
+    if manifest is None:
+        out.print(f"{collection}: empty, nothing to re-embed")
+        return
+    fingerprint = target.embedder_fingerprint()
+    out.print(f"{collection}: {manifest.chunks} chunks re-embedded with {fingerprint}; generation {manifest.generation}")
 
 
 @app.command()

@@ -7,10 +7,11 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 
-from api.cli.context import err, fail, home_from, out
+from api.cli.context import EXIT_EMBEDDER_CHANGED, err, fail, home_from, out
 from api.cli.index_commands import ingest, open_collection
 from api.errors import describe
 from indexes.collection import CollectionBroken
+from indexes.embedder_check import EmbedderChanged, EmbedderIncompatible
 from indexes.config import CollectionConfig
 from rag.retriever import Retriever
 from rag.schemas import RetrievalRequest, RetrievalResult
@@ -44,6 +45,8 @@ def search(ctx: typer.Context, query: str = typer.Argument(...),
         result = Retriever(open_collection(ctx, collection)).search(request)
     except (ValueError, CollectionBroken) as exc:  # a filter the store cannot express; a broken collection
         raise fail(str(exc)) from None
+    except EmbedderIncompatible as exc:  # dense/hybrid over vectors another embedder made; BM25 still works
+        raise fail(str(exc), EXIT_EMBEDDER_CHANGED) from None
     if as_json:
         print(result.model_dump_json())
     else:
@@ -64,7 +67,10 @@ def demo(ctx: typer.Context, docs: Path = typer.Option(Path("data/docs"), help="
         target = home.open_or_create(CollectionConfig(name=collection))
     except ValidationError as exc:
         raise fail(describe(exc)) from None
-    ingest(target, [str(docs)], f"indexing {docs}")
+    try:
+        ingest(target, [str(docs)], f"indexing {docs}")
+    except EmbedderChanged as exc:
+        raise fail(str(exc), EXIT_EMBEDDER_CHANGED) from None
     snapshot = target.snapshot()
     out.print(f"collection {collection!r}: {snapshot.manifest.documents} documents, {snapshot.manifest.chunks} chunks, "
               f"generation {snapshot.generation}, home {home.root}")

@@ -88,6 +88,7 @@ async def delete_collection(name: str, state: ServiceState = Depends(get_state),
 def add_documents(name: str, batch: DocumentBatch, state: ServiceState = Depends(get_state),
                   principal: Principal = Depends(get_principal)) -> JobOut:
     collection = _writable(state, name, principal)
+    collection.check_ingest()  # EmbedderChanged: a 409 now, rather than a failed job later
     records = [d.model_dump(by_alias=True) for d in batch.documents]
     documents, rejected = checked_documents(records, collection.config.max_document_bytes)
     if rejected:  # a JSON batch is all or nothing: the client fixes it and sends it again
@@ -101,6 +102,7 @@ def add_documents(name: str, batch: DocumentBatch, state: ServiceState = Depends
 def upload_files(name: str, files: list[UploadFile] = File(...), state: ServiceState = Depends(get_state),
                  principal: Principal = Depends(get_principal)) -> JobOut:
     collection = _writable(state, name, principal)
+    collection.check_ingest()
     try:
         documents, rejected = read_uploads(files, collection.config.max_document_bytes)
     except UploadRejected as exc:
