@@ -119,14 +119,27 @@ class Collection:
         """The fingerprint of the embedder this collection embeds with now (loads it)."""
         return embedder_fingerprint(self.embedder)
 
-    def check_ingest(self) -> None:
-        """`EmbedderChanged` when embedding new documents would mix embedders (`indexes.embedder_check`);
-        REST calls it before accepting a job, the writer again on its first embedded document."""
-        shares = self.snapshot().manifest.embedder_shares()
-        if any(share.fingerprint for share in shares):
-            conflict = ingest_conflict(self.name, shares, self.embedder_fingerprint())
-            if conflict is not None:
-                raise conflict
+    def check_ingest(self, snapshot: Snapshot | None = None, fingerprint: str | None = None) -> None:
+        """`EmbedderChanged` when new vectors would not be comparable with the stored ones
+        (`indexes.embedder_check`): those of this collection's embedder when its fingerprint changed and
+        the stored vectors measurably disagree with it, or vectors supplied under another `fingerprint`
+        (not measurable here). REST and the CLI call it before accepting work, the writer again on its
+        first embedded document; a measurement is made once per fingerprint pair and process."""
+        snapshot = snapshot or self.snapshot()
+        shares = snapshot.manifest.embedder_shares()
+        if not any(share.fingerprint for share in shares):
+            return
+        own = fingerprint is None
+        current = self.embedder_fingerprint() if own else fingerprint
+        if ingest_conflict(self.name, shares, current) is None:
+            return
+        measured = None
+        if own:
+            agree, measured = self._agreement.disagreement(snapshot, str(current), self._encode_passages,
+                                                           self.config.embedder.include_title)
+            if agree:
+                return
+        raise ingest_conflict(self.name, shares, current, measured)
 
     def require_dense(self, snapshot: Snapshot) -> None:
         """`EmbedderIncompatible` when this snapshot's stored vectors measurably disagree with the current

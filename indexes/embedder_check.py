@@ -1,15 +1,16 @@
 """Do a collection's stored vectors and its current embedder still belong together?
 
-Ingest is strict: vectors from an embedder whose fingerprint (`indexes.embedder_fingerprint`)
-differs from the one the collection's live vectors were stored with are refused (`EmbedderChanged`),
-because one collection must not silently mix embedders; the fix is `mighty index reembed NAME`.
-
-Queries decide by measurement, not by string equality: a fingerprint also changes for harmless
+Both ingest and queries decide by measurement, not by string equality: a fingerprint
+(`indexes.embedder_fingerprint`) also changes for harmless
 reasons (a re-quantisation whose vectors agree at cosine ~0.99, a re-export). A seeded sample of
 `SAMPLE_CHUNKS` stored chunks written by the old embedder is embedded again with the current one;
 a mean cosine to their stored vectors of at least `AGREEMENT_THRESHOLD` means compatible (dense
 search serves, stats say so), below it dense and hybrid requests are refused (`EmbedderIncompatible`)
-while BM25 still serves. 0.98 sits between what a recipe change costs (onnx-int8 v1 -> v2: ~0.99;
+while BM25 still serves; ingest of new vectors from the collection's own (changed) embedder is
+accepted when they agree and refused (`EmbedderChanged`) when not, so a collection never mixes
+vectors that are not comparable; the fix is `mighty index reembed NAME`. Vectors a caller supplies
+under another fingerprint cannot be measured (the embedder that made them is not here) and are
+refused. 0.98 sits between what a recipe change costs (onnx-int8 v1 -> v2: ~0.99;
 fp32 -> int8: ~0.994, benchmarks/RESULTS.md) and what a different model gives (unrelated vectors:
 near 0; even two MiniLM-class models agree far below 0.9). The measurement runs once per
 (stored, current) fingerprint pair per process; every later query pays a dict lookup.
@@ -72,15 +73,19 @@ def stale(shares: Sequence[EmbedderShare], current: str | None) -> list[str]:
     return [s.fingerprint for s in shares if s.fingerprint and s.fingerprint != current and s.chunks]
 
 
-def ingest_conflict(name: str, shares: Sequence[EmbedderShare], current: str | None) -> EmbedderChanged | None:
-    """The error for ingesting with `current` into a collection whose live vectors another embedder made."""
+def ingest_conflict(name: str, shares: Sequence[EmbedderShare], current: str | None,
+                    measured: Agreement | None = None) -> EmbedderChanged | None:
+    """The error for ingesting with `current` into a collection whose live vectors another embedder
+    made (`measured`: how the stored vectors agreed with it, when that could be measured)."""
     old = stale(shares, current)
     if not old:
         return None
+    how = (f"stored and new vectors agree only at cos {measured.cosine:.4f} < {AGREEMENT_THRESHOLD}"
+           if measured is not None else "new vectors would not be comparable with the stored ones")
     return EmbedderChanged(
         f"collection {name!r} was indexed with another embedder ({describe_change(old[0], str(current))}); "
-        f"new vectors would not be comparable with the stored ones, so nothing was added. Run "
-        f"`mighty index reembed {name}` to re-embed it with the current embedder, then add the documents again")
+        f"{how}, so nothing was added. Run `mighty index reembed {name}` to re-embed it with the current "
+        f"embedder, then add the documents again")
 
 
 def measure(segments: Sequence, live: Sequence[np.ndarray | None], encode: Callable[[list[str]], np.ndarray],
@@ -143,6 +148,15 @@ class AgreementCache:
             if found is not None:
                 out.append(found)
         return out
+
+    def disagreement(self, snapshot, current: str, encode: Callable[[list[str]], np.ndarray],
+                     include_title: bool) -> tuple[bool, Agreement | None]:
+        """(whether every stale fingerprint of `snapshot` measurably agrees with `current`, the first
+        disagreeing verdict). A fingerprint that could not be measured (remote shards) does not agree."""
+        found = {v.stored: v for v in self.verdicts(snapshot, current, encode, include_title)}
+        worse = [v for v in found.values() if not v.compatible]
+        agree = not worse and all(fp in found for fp in stale(snapshot.manifest.embedder_shares(), current))
+        return agree, (worse[0] if worse else None)
 
     def require_dense(self, name: str, snapshot, current: Callable[[], str | None],
                       encode: Callable[[list[str]], np.ndarray], include_title: bool) -> None:

@@ -19,7 +19,6 @@ from indexes.calibration import calibrate, keep_calibration, stamp
 from indexes.chunk_store import DocumentEntry
 from indexes.documents import SourceDocument, embedding_texts, non_finite_number  # noqa: F401 (re-exported)
 from indexes.durable import failpoint
-from indexes.embedder_check import ingest_conflict
 from indexes.embedder_fingerprint import embedder_fingerprint
 from indexes.embedder_provenance import EmbedderRun, shares
 from indexes.generations import Manifest, SegmentRef, collect_garbage, commit_generation, next_generation_number
@@ -149,16 +148,12 @@ class CollectionWriter:
         return outcome
 
     def check_embedder(self, fingerprint: str | None = None) -> None:
-        """Refuse (`EmbedderChanged`) vectors from an embedder (`fingerprint`; default the collection's own,
-        loaded for it) other than the one the live vectors came from; checked once per writer and embedder."""
+        """Refuse (`EmbedderChanged`) vectors that would not be comparable with the live ones, from an
+        embedder (`fingerprint`; default the collection's own, loaded for it) other than the one they came
+        from (`Collection.check_ingest`: measured for the own embedder); once per writer and embedder."""
         if fingerprint in self._embedders_checked:
             return
-        stored = self._base.manifest.embedder_shares()
-        if any(share.fingerprint for share in stored):
-            current = fingerprint or embedder_fingerprint(self._collection.embedder)
-            conflict = ingest_conflict(self._collection.name, stored, current)
-            if conflict is not None:
-                raise conflict
+        self._collection.check_ingest(self._base, fingerprint)
         self._embedders_checked.add(fingerprint)
 
     def delete(self, doc_id: str) -> bool:

@@ -89,6 +89,21 @@ def test_a_changed_but_agreeing_embedder_serves_and_is_measured_once(old_home, m
     assert requantised.passages == measured  # stats reuse the process's verdict
 
 
+def test_ingest_with_a_changed_but_agreeing_embedder_adds_rows_under_its_fingerprint(old_home, monkeypatch):
+    requantised = FakeEmbedder(NEW, noise=0.02)  # cos ~0.99 with the stored vectors: comparable
+    use_embedder(monkeypatch, requantised)
+    collection = Home(old_home).open("c")
+    collection.check_ingest()  # measured, not refused
+    assert requantised.passages == 8
+    with collection.writer() as writer:
+        writer.upsert(SourceDocument("new", "a brand new document about locks"))
+        manifest = writer.commit()
+    assert sorted(manifest.embedders, key=lambda s: s.fingerprint) == [
+        EmbedderShare(OLD, len(DOCUMENTS)), EmbedderShare(NEW, manifest.chunks - len(DOCUMENTS))]
+    assert requantised.passages == 8 + manifest.chunks - len(DOCUMENTS)  # one measurement, then embedding
+    assert _search(old_home, "hybrid").hits[0].id == "d1"  # both fingerprints' rows serve
+
+
 def test_a_disagreeing_embedder_refuses_dense_and_hybrid_while_bm25_serves(old_home, monkeypatch):
     use_embedder(monkeypatch, FakeEmbedder(NEW, salt="b"))  # another model behind the same name
     for mode in ("dense", "hybrid"):
@@ -203,7 +218,7 @@ def test_embedder_names_are_still_checked(tmp_path):
 def test_real_recipe_change_fp32_to_int8_is_measured_compatible(writable_demo_home):
     """The shipped MiniLM, indexed with the fp32 ONNX export, then queried through its int8 variant
     (what a new quantisation recipe under the same name amounts to): fingerprints differ, the measured
-    vectors agree, so queries serve and stats say so; ingest still refuses to mix the two."""
+    vectors agree, so queries serve, stats say so, and new documents join under the new fingerprint."""
     home = Home(writable_demo_home)
     stored = home.open("demo").stats()["embedder_fingerprints"]
     assert len(stored) == 1 and stored[0]["fingerprint"].startswith("onnx|export-opset17|sha256:")
@@ -217,8 +232,11 @@ def test_real_recipe_change_fp32_to_int8_is_measured_compatible(writable_demo_ho
     assert "vectors agree (cos 0.99" in stats["embedder_check"]
     result = Retriever(collection).search(RetrievalRequest(query="How does Mighty survive a crash?", top_k=3))
     assert result.hits
-    with pytest.raises(EmbedderChanged):
-        collection.check_ingest()
+    collection.check_ingest()  # measured to agree: not refused
+    with collection.writer() as writer:
+        writer.upsert(SourceDocument("int8-note", "Quantised encoders keep vectors within a cosine of 0.99."))
+        manifest = writer.commit()
+    assert {share.fingerprint.split("|")[0] for share in manifest.embedders} == {"onnx", "onnx-int8"}
 
 
 @pytest.mark.parametrize("failpoint", ["before-publish:segments", "before-replace:CURRENT"])
