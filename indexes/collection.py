@@ -20,7 +20,7 @@ from indexes.chunking import TokenChunker, load_fast_tokenizer
 from indexes.config import CollectionConfig
 from indexes.durable import atomic_write_text, publish_folder
 from indexes.embedder_allowlist import EmbedderAllowList, EmbedderNotAllowed
-from indexes.embedder_check import AgreementCache, ingest_conflict
+from indexes.embedder_check import AgreementCache, ingest_conflict, stale
 from indexes.embedder_fingerprint import embedder_fingerprint
 from indexes.embedders import Embedder, load_embedder, resolve_model
 from indexes.generations import Manifest, current_generation, list_generations, read_generation
@@ -131,7 +131,7 @@ class Collection:
             return
         own = fingerprint is None
         current = self.embedder_fingerprint() if own else fingerprint
-        if ingest_conflict(self.name, shares, current) is None:
+        if not stale(shares, current):
             return
         measured = None
         if own:

@@ -67,16 +67,12 @@ def run_ranges(runs: Sequence[EmbedderRun]) -> list[tuple[str | None, int, int]]
 def shares(segment_runs: Sequence[Sequence[EmbedderRun]], live: Sequence[np.ndarray | None]) -> list[EmbedderShare]:
     """Live chunks per fingerprint over a generation's segments (what its manifest records), in the
     order fingerprints first appear."""
-    totals: dict[str | None, int] = {}
-    for runs, mask in zip(segment_runs, live):
-        for fingerprint, start, end in run_ranges(runs):
-            alive = end - start if mask is None else int(np.count_nonzero(mask[start:end]))
-            totals[fingerprint] = totals.get(fingerprint, 0) + alive
-    return [EmbedderShare(fp, n) for fp, n in totals.items() if n]
+    return combine([EmbedderShare(fingerprint, end - start if mask is None else int(np.count_nonzero(mask[start:end])))
+                    for fingerprint, start, end in run_ranges(runs)] for runs, mask in zip(segment_runs, live))
 
 
 def combine(parts: Iterable[Sequence[EmbedderShare]]) -> list[EmbedderShare]:
-    """Shares of many shards added up per fingerprint."""
+    """Shares of many parts (segments, shards) added up per fingerprint, in first-seen order."""
     totals: dict[str | None, int] = {}
     for part in parts:
         for share in part:

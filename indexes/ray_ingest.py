@@ -21,10 +21,10 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from indexes.collection import Collection, Home
-from indexes.documents import SourceDocument
+from indexes.documents import SourceDocument, embedding_texts
 from indexes.embedder_check import EmbedderChanged
 from indexes.embedder_fingerprint import embedder_fingerprint
-from indexes.writer import CollectionWriter, NoProgress, ProgressSink, embedding_texts
+from indexes.writer import CollectionWriter, NoProgress, ProgressSink
 
 BATCH_DOCUMENTS = 2048  # documents embedded per Ray Data job (bounds what waits in driver memory)
 ROWS_PER_BATCH = 32  # documents per map_batches call

@@ -17,7 +17,7 @@ import numpy as np
 
 from indexes.calibration import calibrate, keep_calibration, stamp
 from indexes.chunk_store import DocumentEntry
-from indexes.documents import SourceDocument, embedding_texts, non_finite_number  # noqa: F401 (re-exported)
+from indexes.documents import SourceDocument, embedding_texts, non_finite_number
 from indexes.durable import failpoint
 from indexes.embedder_fingerprint import embedder_fingerprint
 from indexes.embedder_provenance import EmbedderRun, shares
